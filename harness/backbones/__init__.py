@@ -1,0 +1,60 @@
+"""Backbone families and how to build or load one by name.
+
+Families are imported lazily: the OCR-text default never imports colpali_engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from harness.backbones.base import BACKBONE_FILE, Backbone, BackboneConfig, Page, Trainable
+
+FAMILIES: dict[str, str] = {
+    "ocr-text": "harness.backbones.ocr_text:OcrTextBackbone",
+    "colpali": "harness.backbones.colpali:ColpaliBackbone",
+    "tiny": "harness.backbones.tiny:TinyBackbone",
+}
+
+__all__ = ["FAMILIES", "Backbone", "BackboneConfig", "Page", "Trainable", "backbone_class",
+           "build_backbone", "load_backbone"]
+
+
+class BackboneError(ValueError):
+    pass
+
+
+def backbone_class(family: str) -> type[Backbone]:
+    if family not in FAMILIES:
+        raise BackboneError(f"unknown backbone family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    module, name = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_config(family: str, config: dict[str, Any], where: str = "backbone") -> BackboneConfig:
+    cls = backbone_class(family)
+    try:
+        return cls.config_class(**config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BackboneError(f"invalid {family} backbone config: {problems}") from None
+
+
+def build_backbone(family: str, config: dict[str, Any] | None = None, where: str = "backbone") -> Backbone:
+    """Build a backbone from its family name and a config dict (validated; unknown keys are errors)."""
+    cls = backbone_class(family)
+    return cls(parse_config(family, config or {}, where))
+
+
+def load_backbone(path: str | Path) -> Backbone:
+    """Load a backbone saved with ``Backbone.save`` (the folder holds backbone.json)."""
+    path = Path(path)
+    spec_file = path / BACKBONE_FILE
+    if not spec_file.is_file():
+        raise BackboneError(f"{spec_file}: not found (is {path} a saved backbone folder?)")
+    family = json.loads(spec_file.read_text())["family"]
+    return backbone_class(family).load(path)

@@ -1,0 +1,135 @@
+"""The backbone interface: what turns queries and pages into vectors, and which parts are trainable.
+
+Every backbone returns, for each query or page, a matrix of L2-normalised vectors [T, D] (T >= 1, no padding):
+late-interaction backbones return token vectors, pooled backbones one vector per chunk (a page of several
+chunks then scores by its best chunk under MaxSim). One scoring rule, MaxSim, serves both.
+
+Training code uses the differentiable pair ``*_inputs`` / ``forward_*``; evaluation uses ``encode_*``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict
+
+BACKBONE_FILE = "backbone.json"
+
+
+class BackboneConfig(BaseModel):
+    """Base for each family's typed config. Unknown keys are errors that name the key."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass
+class Page:
+    """One corpus item: a page image, a text, or both (a text-only BEIR corpus has no image)."""
+
+    id: str
+    image: Image.Image | None = None
+    text: str | None = None
+
+
+@dataclass
+class Trainable:
+    """What a recipe may train: LoRA target module names (regex or names for peft) and head modules."""
+
+    lora_targets: list[str] = field(default_factory=list)
+    heads: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+
+class Backbone(torch.nn.Module, ABC):
+    family: ClassVar[str]
+    config_class: ClassVar[type[BackboneConfig]]
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # --- differentiable path (training) -------------------------------------------------------
+    @abstractmethod
+    def query_inputs(self, texts: Sequence[str]) -> dict[str, Any]:
+        """Tokenise queries exactly as the model expects them (prefixes, augmentation tokens)."""
+
+    @abstractmethod
+    def page_inputs(self, pages: Sequence[Page]) -> dict[str, Any]:
+        """Prepare pages (images, or text for text corpora) as model inputs."""
+
+    @abstractmethod
+    def forward_queries(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (embeddings [B, T, D] L2-normalised, mask [B, T] bool)."""
+
+    @abstractmethod
+    def forward_pages(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (embeddings [B, T, D] L2-normalised, mask [B, T] bool)."""
+
+    @abstractmethod
+    def trainable(self) -> Trainable:
+        """The parts a recipe may train."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write everything needed to rebuild this backbone with ``load_backbone(path)``."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path) -> Backbone:
+        """Rebuild a backbone written by ``save``."""
+
+    # --- evaluation path ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.inference_mode()
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 32) -> list[torch.Tensor]:
+        return self._encode(texts, self.query_inputs, self.forward_queries, batch_size)
+
+    @torch.inference_mode()
+    def encode_pages(self, pages: Sequence[Page], batch_size: int = 8) -> list[torch.Tensor]:
+        return self._encode(pages, self.page_inputs, self.forward_pages, batch_size)
+
+    def _encode(self, items, prepare, forward, batch_size: int) -> list[torch.Tensor]:
+        was_training = self.training
+        self.eval()
+        out: list[torch.Tensor] = []
+        for start in range(0, len(items), batch_size):
+            inputs = _to_device(prepare(items[start : start + batch_size]), self.device)
+            emb, mask = forward(inputs)
+            out.extend(e[m].float().cpu() for e, m in zip(emb, mask, strict=True))
+        self.train(was_training)
+        return out
+
+    def fingerprint(self) -> str:
+        """A stable hash of family, config and every weight: the embedding cache's key."""
+        h = hashlib.sha256(self.family.encode())
+        h.update(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> str:
+        """A short human-readable tag, used in model names (e.g. ocr-text-pooled-all-MiniLM-L6-v2)."""
+        return self.family
+
+
+def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def write_backbone_file(path: Path, family: str, config: BackboneConfig) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    payload = {"family": family, "config": config.model_dump(mode="json")}
+    tmp = path / (BACKBONE_FILE + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path / BACKBONE_FILE)

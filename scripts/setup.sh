@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One-shot set-up on a fresh machine: system packages (Tesseract), a virtual environment in .venv,
+# a CPU torch where there is no GPU, then the project. Safe to re-run: each step is skipped when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+
+if ! command -v tesseract >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Tesseract (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null
+  else
+    echo "[setup] Tesseract is missing. Install it, then re-run:" >&2
+    echo "        Debian/Ubuntu: sudo apt-get install tesseract-ocr tesseract-ocr-eng" >&2
+    echo "        macOS: brew install tesseract" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+
+# Install torch first, so that nothing later pulls a multi-GB CUDA build onto a machine without a GPU.
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    echo "[setup] GPU found: installing torch==$TORCH_VERSION (CUDA build)"
+    $PIP install -q "torch==$TORCH_VERSION"
+  else
+    echo "[setup] no GPU: installing CPU torch==$TORCH_VERSION"
+    $PIP install -q "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu \
+      || $PIP install -q "torch==$TORCH_VERSION"
+  fi
+fi
+
+echo "[setup] installing the project and its dependencies"
+$PIP install -q -e ".[dev]"
+"$VENV/bin/python" -c "import harness.compat, colpali_engine, mteb; print('[setup] ok: mteb', mteb.__version__)"
