@@ -96,7 +96,11 @@ class Backbone(torch.nn.Module, ABC):
 
     @torch.inference_mode()
     def encode_pages(self, pages: Sequence[Page], batch_size: int = 8) -> list[torch.Tensor]:
+        self.prefetch(pages)
         return self._encode(pages, self.page_inputs, self.forward_pages, batch_size)
+
+    def prefetch(self, pages: Sequence[Page]) -> None:
+        """Prepare all pages at once before batching (the OCR backbone OCRs them in parallel here)."""
 
     def _encode(self, items, prepare, forward, batch_size: int) -> list[torch.Tensor]:
         was_training = self.training

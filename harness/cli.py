@@ -1,0 +1,161 @@
+"""The ``harness`` command: eval, run, tasks, models, leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXAMPLES = """examples:
+  harness run configs/default.yaml
+  harness eval --backbone ocr-text --set mode=pooled --task generated
+  harness eval --backbone ocr-text --task ../shared/data/mmlongbench_dev
+  harness eval --backbone colpali --set model=vidore/colqwen2.5-v0.2 --task "ViDoRe(v1)"
+"""
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _task_spec(text: str) -> str | dict[str, Any]:
+    """A task argument: a name, a folder, or inline YAML such as '{path: d, split: train}'."""
+    return yaml.safe_load(text) if text.strip().startswith("{") else text
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.config import BackboneSpec, RunConfig, VariantSpec
+    from harness.pipeline import run
+
+    backbone = BackboneSpec(family=args.backbone, config=_parse_sets(args.set), path=args.backbone_path)
+    variant = VariantSpec(name=args.variant, config=_parse_sets(args.variant_set),
+                          train_corpus=_task_spec(args.train_corpus) if args.train_corpus else None)
+    config = RunConfig(name="eval", results=args.results, seed=args.seed, overwrite=args.overwrite,
+                       backbones=[backbone], variants=[variant], tasks=[_task_spec(t) for t in args.task])
+    outcomes = run(config, show_progress=args.progress)
+    for o in outcomes:
+        print(f"{o.task}\t{o.main_score_name}\t{o.main_score:.4f}\t{'reused' if o.reused else 'evaluated'}"
+              f"\t{o.record_path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.config import load_run_config
+    from harness.pipeline import run
+
+    config = load_run_config(args.config)
+    run(config, results=args.results, overwrite=args.overwrite or None, show_progress=args.progress)
+    if not args.no_leaderboard:
+        import leaderboard
+
+        leaderboard.main(["--results", args.results or config.results])
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from tasks.registry import known_tasks
+
+    for group, names in known_tasks().items():
+        print(f"{group}:")
+        for name in names:
+            print(f"  {name}")
+    print("local: any BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), by path")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from harness.backbones import FAMILIES, backbone_class
+    from harness.variants import list_variants
+
+    print("backbone families:")
+    for family in FAMILIES:
+        try:
+            fields = ", ".join(backbone_class(family).config_class.model_fields)
+        except ImportError as exc:  # a family whose optional dependency is missing
+            fields = f"(unavailable: {exc})"
+        print(f"  {family}: {fields}")
+    print("variants (models/<name>/):")
+    for name in list_variants():
+        print(f"  {name}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    import leaderboard
+
+    return leaderboard.main(["--results", args.results])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="evaluate one backbone x variant on tasks")
+    p.add_argument("--backbone", default="ocr-text", help="backbone family (see `harness models`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="backbone config value")
+    p.add_argument("--backbone-path", help="a saved backbone folder instead of --backbone/--set")
+    p.add_argument("--variant", default="base", help="variant name or folder (default: base)")
+    p.add_argument("--variant-set", action="append", default=[], metavar="KEY=VALUE", help="recipe config value")
+    p.add_argument("--train-corpus", help="task whose pages the recipe trains on (default: each task's own)")
+    p.add_argument("--task", action="append", required=True,
+                   help="task name, benchmark, BEIR folder or inline YAML; repeatable")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="run a backbone x variant x task matrix from a YAML config, then the leaderboard")
+    p.add_argument("config")
+    p.add_argument("--no-leaderboard", action="store_true")
+    p.set_defaults(func=cmd_run, results=None)
+
+    for p in (sub.choices["eval"], sub.choices["run"]):
+        p.add_argument("--overwrite", action="store_true", help="re-run tasks that have results")
+        p.add_argument("--progress", action="store_true", help="show mteb's progress bars")
+        if p.prog.endswith("eval"):
+            p.add_argument("--results", default="results", help="results folder (default: results)")
+            p.add_argument("--seed", type=int, default=0)
+        else:
+            p.add_argument("--results", default=None, help="results folder (default: the config's)")
+
+    p = sub.add_parser("tasks", help="list the tasks the harness knows")
+    p.set_defaults(func=cmd_tasks)
+    p = sub.add_parser("models", help="list backbone families and variants")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("leaderboard", help="print and write the leaderboard from a results folder")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_leaderboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import harness  # noqa: F401  (torchvision fix before anything else)
+    from harness.backbones import BackboneError
+    from harness.config import ConfigError
+    from harness.data.beir import DataError
+    from harness.variants import VariantError
+    from tasks.registry import TaskSpecError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, BackboneError, VariantError, TaskSpecError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""BEIR-format folders: reading and validation."""

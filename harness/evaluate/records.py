@@ -1,0 +1,83 @@
+"""Result layout and atomic writes.
+
+results/
+  mteb/results/<variant>__<backbone>/<revision>/<Task>.json   MTEB TaskResult files (+ model_meta.json)
+  runs/<variant>__<backbone>/<revision>/<Task>.json           run record: config, versions, seed, timings,
+                                                              encode counts, per-query metrics
+  runs/<variant>__<backbone>/<revision>/<Task>.run.json.gz    top-100 ranking per query (for re-scoring)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("harness", "synth-retrieval-harness", "torch", "transformers", "mteb", "colpali-engine", "peft",
+            "sentence-transformers", "pytrec-eval-terrier", "datasets", "pillow")
+
+
+def model_dir_name(model_name: str) -> str:
+    return model_name.replace("/", "__").replace(" ", "_")
+
+
+def mteb_result_path(results_dir: Path, model_name: str, revision: str, task_name: str) -> Path:
+    return Path(results_dir) / "mteb" / "results" / model_dir_name(model_name) / revision / f"{task_name}.json"
+
+
+def record_path(results_dir: Path, model_name: str, revision: str, task_name: str) -> Path:
+    return Path(results_dir) / "runs" / model_dir_name(model_name) / revision / f"{task_name}.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any, gz: bool = False) -> None:
+    if not gz:
+        atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with gzip.open(tmp, "wt", encoding="utf-8") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out["git_commit"] = _git_commit()
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None

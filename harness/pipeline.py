@@ -1,0 +1,116 @@
+"""A run: backbones x variants x tasks. Train where the variant trains, evaluate, record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mteb.abstasks import AbsTask
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from harness.backbones import Backbone, Page, build_backbone, load_backbone
+from harness.config import BackboneSpec, ConfigError, RunConfig, VariantSpec, format_errors
+from harness.evaluate.encoder import HarnessEncoder
+from harness.evaluate.runner import TaskOutcome, evaluate_model
+from harness.paths import cache_root
+from harness.retrieval.cache import EmbeddingCache
+from harness.variants import TrainingCorpus, Variant, get_variant
+from tasks.beir_folder import BeirFolderTask
+from tasks.registry import resolve_task, resolve_tasks
+
+log = logging.getLogger(__name__)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_backbone(spec: BackboneSpec, where: str = "backbone") -> Backbone:
+    if spec.path:
+        return load_backbone(spec.path)
+    return build_backbone(spec.family, spec.config, where=f"{where}.config")
+
+
+def recipe_config(variant: Variant, config: dict[str, Any], where: str) -> BaseModel:
+    try:
+        return variant.recipe.Config(**config)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, where)) from None
+
+
+def training_corpus(task: AbsTask) -> TrainingCorpus:
+    """The pages of a task's corpus, and nothing else: no queries, no qrels."""
+    if isinstance(task, BeirFolderTask):
+        docs = task.data.corpus
+        pages = [Page(doc_id, image=Image.open(d["image"]) if d["image"] else None,
+                      text=" ".join(x for x in (d["title"], d["text"]) if x) or None)
+                 for doc_id, d in docs.items()]
+        return TrainingCorpus(task.metadata.name, pages)
+    task.load_data()
+    pages = []
+    for subset in task.dataset.values():
+        for split in subset.values():
+            for row in split["corpus"]:
+                pages.append(Page(str(row["id"]), image=row.get("image"), text=row.get("text")))
+    return TrainingCorpus(task.metadata.name, pages)
+
+
+def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpec, train_task: AbsTask | None,
+                *, where: str, checkpoints: Path) -> HarnessEncoder:
+    """Train (if the variant trains) on the training corpus, then wrap the result for mteb."""
+    backbone = make_backbone(backbone_spec, where)
+    cache = EmbeddingCache(cache_root() / "embeddings", "")
+    config = recipe_config(variant, vspec.config, f"{where}.config")
+    checkpoint = None
+    if getattr(variant.recipe, "TRAINS", True) and train_task is not None:
+        corpus = training_corpus(train_task)
+        key = hashlib.sha256(json.dumps([backbone.fingerprint(), config.model_dump(mode="json"), corpus.name],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
+        out_dir = checkpoints / variant.name / backbone.describe() / f"{corpus.name}-{key}"
+        checkpoint = variant.recipe.train(backbone, corpus, config, out_dir)
+    encoder = variant.model.load_model(backbone, checkpoint, None)
+    # The cache is keyed by the final model's revision (fingerprint of what was actually trained).
+    cache.dir = cache_root() / "embeddings" / str(encoder.mteb_model_meta.revision)
+    encoder.cache = cache
+    return encoder
+
+
+def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None = None,
+        show_progress: bool = False) -> list[TaskOutcome]:
+    set_seed(config.seed)
+    results_dir = Path(results or config.results)
+    overwrite = config.overwrite if overwrite is None else overwrite
+    tasks = resolve_tasks(config.tasks)
+    outcomes: list[TaskOutcome] = []
+    for bi, bspec in enumerate(config.backbones):
+        for vi, vspec in enumerate(config.variants):
+            variant = get_variant(vspec.name)
+            trains = getattr(variant.recipe, "TRAINS", True)
+            # One model per run for variants that train on a fixed corpus (or do not train at all);
+            # otherwise one model per task, trained on that task's pages only.
+            if not trains or vspec.train_corpus is not None:
+                train_task = resolve_task(vspec.train_corpus)[0] if vspec.train_corpus is not None else None
+                groups = [(train_task, tasks)]
+            else:
+                groups = [(task, [task]) for task in tasks]
+            for train_task, eval_tasks in groups:
+                set_seed(config.seed)
+                encoder = build_model(variant, bspec, vspec, train_task, where=f"variants.{vi}",
+                                      checkpoints=results_dir.parent / "checkpoints")
+                outcomes += evaluate_model(
+                    encoder, eval_tasks, results_dir, variant=variant.name,
+                    backbone={"family": encoder.model.family, "tag": encoder.model.describe(),
+                              "config": encoder.model.config.model_dump(mode="json"), "index": bi},
+                    run_config={"run": config.name, "variant_config": vspec.config,
+                                "train_corpus": train_task.metadata.name if train_task and trains else None},
+                    seed=config.seed, overwrite=overwrite, show_progress=show_progress)
+    return outcomes

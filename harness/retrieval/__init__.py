@@ -1,0 +1,1 @@
+"""Scoring, padding and the embedding cache."""

@@ -1,0 +1,65 @@
+"""Any local BEIR-format folder as an mteb retrieval task (text corpora: t2t; page images: t2i)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, Image
+from mteb.abstasks.retrieval import AbsTaskRetrieval
+from mteb.abstasks.task_metadata import TaskMetadata
+
+from harness.data.beir import BeirFolder, read_beir_folder
+
+
+def task_name_for(folder: Path) -> str:
+    """A CamelCase mteb-style name from the folder name: mmlongbench_dev -> MmlongbenchDevRetrieval."""
+    words = re.split(r"[^0-9A-Za-z]+", folder.resolve().name)
+    return "".join(w[:1].upper() + w[1:] for w in words if w) + "Retrieval"
+
+
+class BeirFolderTask(AbsTaskRetrieval):
+    """Method (B) of loading local data into mteb: ``load_data`` fills ``self.dataset`` directly."""
+
+    def __init__(self, folder: str | Path, split: str = "test", name: str | None = None,
+                 skip_bad_images: bool = False, description: str | None = None, **kwargs: Any) -> None:
+        self.folder = Path(folder)
+        self.split = split
+        self.skip_bad_images = skip_bad_images
+        # Validate eagerly so that bad input fails before any model loads; images are decoded once here.
+        self.data: BeirFolder = read_beir_folder(self.folder, split, skip_bad_images=skip_bad_images)
+        images = self.data.has_images
+        metadata = TaskMetadata(
+            name=name or task_name_for(self.folder),
+            description=description or f"Local BEIR folder {self.folder}",
+            dataset={"path": str(self.folder.resolve()), "revision": "local"},
+            type="DocumentUnderstanding" if images else "Retrieval",
+            category="t2i" if images else "t2t",
+            modalities=["text", "image"] if images else ["text"],
+            eval_splits=[split], eval_langs=["eng-Latn"],
+            main_score="ndcg_at_5" if images else "ndcg_at_10",
+        )
+        # mteb expects metadata on the class (unload_data drops instance attributes named metadata):
+        # give each folder task its own subclass.
+        self.__class__ = type(f"{metadata.name}Task", (BeirFolderTask,), {"metadata": metadata})
+        super().__init__(**kwargs)
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        if self.data_loaded:
+            return
+        d = self.data
+        ids = list(d.corpus)
+        columns: dict[str, list[Any]] = {"id": ids}
+        if d.has_images:
+            columns["image"] = [d.corpus[i]["image"] for i in ids]
+        else:
+            columns["title"] = [d.corpus[i]["title"] for i in ids]
+            columns["text"] = [d.corpus[i]["text"] for i in ids]
+        corpus = Dataset.from_dict(columns)
+        if d.has_images:
+            corpus = corpus.cast_column("image", Image())
+        queries = Dataset.from_dict({"id": list(d.queries), "text": list(d.queries.values())})
+        self.dataset = {"default": {self.split: {"corpus": corpus, "queries": queries,
+                                                 "relevant_docs": d.qrels, "top_ranked": None}}}
+        self.data_loaded = True
