@@ -86,12 +86,11 @@ def build_table(entries: list[Entry]) -> pd.DataFrame:
     tasks = sorted(table.columns)
     table = table[tasks]
     table["average"] = table[tasks].mean(axis=1, skipna=False)  # NaN unless the row has every task
-    for backbone, variant in table.index:
-        base_key = (backbone, BASE)
-        for col in [*tasks, "average"]:
-            base = table.at[base_key, col] if base_key in table.index else math.nan
-            table.at[(backbone, variant), f"delta_{col}"] = table.at[(backbone, variant), col] - base
-    return table.reset_index()
+    table = table.reset_index()
+    base = table[table.variant == BASE].set_index("backbone")
+    for col in [*tasks, "average"]:
+        table[f"delta_{col}"] = table[col] - table.backbone.map(base[col])  # NaN where no base row
+    return table
 
 
 def _fmt(value: float, signed: bool = False) -> str:

@@ -15,13 +15,13 @@ import argparse
 import tempfile
 import time
 
-import harness  # noqa: F401  (torchvision fix)
 import pytrec_eval
 import torch
 from sentence_transformers import SentenceTransformer
 
+import harness  # noqa: F401  (torchvision fix)
 from harness.backbones import build_backbone
-from harness.backbones.ocr_text import resolve_encoder_path, DEFAULT_TEXT_ENCODER
+from harness.backbones.ocr_text import DEFAULT_TEXT_ENCODER, resolve_encoder_path
 from harness.evaluate.runner import evaluate_model
 from models.base.model import load_model
 from tasks.beir_folder import BeirFolderTask

@@ -22,15 +22,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
     os.environ["HARNESS_CACHE"] = str(tmp / "cache")  # fresh caches: nothing is served from earlier runs
 
+    from PIL import Image
+
     import harness  # noqa: F401
     from harness.backbones import Page, build_backbone
     from harness.backbones.ocr import TesseractOcr
     from harness.evaluate.runner import evaluate_model
-    from models.base.model import load_model
-    from harness.retrieval.cache import EmbeddingCache
     from harness.paths import cache_root
+    from harness.retrieval.cache import EmbeddingCache
+    from models.base.model import load_model
     from tasks.registry import generated_task
-    from PIL import Image
 
     task = generated_task()
     docs = list(task.data.corpus.values())[: args.pages]

@@ -65,9 +65,9 @@ def training_corpus(task: AbsTask) -> TrainingCorpus:
 
 
 def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpec, train_task: AbsTask | None,
-                *, where: str, checkpoints: Path) -> HarnessEncoder:
+                *, where: str, backbone_where: str, checkpoints: Path) -> HarnessEncoder:
     """Train (if the variant trains) on the training corpus, then wrap the result for mteb."""
-    backbone = make_backbone(backbone_spec, where)
+    backbone = make_backbone(backbone_spec, backbone_where)
     cache = EmbeddingCache(cache_root() / "embeddings", "")
     config = recipe_config(variant, vspec.config, f"{where}.config")
     checkpoint = None
@@ -105,6 +105,7 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
             for train_task, eval_tasks in groups:
                 set_seed(config.seed)
                 encoder = build_model(variant, bspec, vspec, train_task, where=f"variants.{vi}",
+                                      backbone_where=f"backbones.{bi}",
                                       checkpoints=results_dir.parent / "checkpoints")
                 outcomes += evaluate_model(
                     encoder, eval_tasks, results_dir, variant=variant.name,

@@ -107,6 +107,8 @@ def read_beir_folder(root: str | Path, split: str = "test", *, skip_bad_images: 
             raise DataError(f"{queries_path}:{lineno}: query {row['_id']!r} has no text")
         queries[str(row["_id"])] = text
 
+    if not queries:
+        raise DataError(f"{queries_path}: no queries")
     qrels_path = root / "qrels" / f"{split}.tsv"
     qrels = read_qrels(qrels_path, queries, corpus, skipped=set(skipped))
     if skipped:

@@ -22,7 +22,9 @@ def pad_vectors(items: list[torch.Tensor]) -> torch.Tensor:
 def maxsim(queries: torch.Tensor, docs: torch.Tensor, budget: int = 1 << 26) -> torch.Tensor:
     """s(q, d) = sum_i max_j q_i . d_j over real tokens; queries [Q, Tq, D], docs [N, Td, D] -> [Q, N].
 
-    Processes documents in blocks so that the [Q, n, Tq, Td] similarity block stays under ``budget`` floats.
+    Documents are processed shortest first, in blocks trimmed to the block's longest document, so the
+    padding of a few long pages costs nothing for the many short ones; each [Q, Tq, n, L] similarity
+    block stays under ``budget`` floats.
     """
     queries = torch.as_tensor(queries).float()
     docs = torch.as_tensor(docs).float()
@@ -30,16 +32,27 @@ def maxsim(queries: torch.Tensor, docs: torch.Tensor, budget: int = 1 << 26) -> 
         queries = queries.unsqueeze(1)
     if docs.dim() == 2:
         docs = docs.unsqueeze(1)
+    q, tq, dim = queries.shape
     doc_pad = docs.abs().sum(-1) == 0  # [N, Td]
-    q, tq = queries.shape[:2]
-    n, td = docs.shape[:2]
-    block = max(1, budget // max(1, q * tq * td))
-    scores = queries.new_empty(q, n)
-    for start in range(0, n, block):
-        d = docs[start : start + block]
-        sim = torch.einsum("qid,njd->qnij", queries, d)
-        sim = sim.masked_fill(doc_pad[start : start + block][None, :, None, :], float("-inf"))
-        best = sim.max(-1).values  # [Q, n, Tq]
-        # Padded query rows are zero vectors: their best similarity is 0 and adds nothing.
-        scores[:, start : start + block] = best.clamp_min(-1e4).masked_fill(best == float("-inf"), 0).sum(-1)
+    lengths = (~doc_pad).sum(1)
+    order = torch.argsort(lengths, stable=True)
+    flat_q = queries.reshape(q * tq, dim)
+    scores = queries.new_empty(q, docs.shape[0])
+    start = 0
+    while start < len(order):
+        per_doc = q * tq  # floats per document token in the block
+        n = max(1, budget // (per_doc * max(1, int(lengths[order[start]]))))
+        # Sorted ascending: the block's last document is its longest; shrink the block to fit it.
+        last = min(start + n, len(order)) - 1
+        n = max(1, budget // (per_doc * max(1, int(lengths[order[last]]))))
+        idx = order[start : start + n]
+        width = max(1, int(lengths[idx].max()))
+        d = docs[idx, :width]
+        sim = (flat_q @ d.reshape(-1, dim).T).view(q, tq, len(idx), width)
+        sim.masked_fill_(doc_pad[idx, :width][None, None], float("-inf"))
+        # A padded query row (zero vector) scores 0 against real tokens and adds nothing; a document
+        # without any real token gets -1 per query token (the lowest cosine) instead of -inf.
+        best = torch.nan_to_num(sim.amax(-1), neginf=-1.0)  # [Q, Tq, n]
+        scores[:, idx] = best.sum(1)
+        start += len(idx)
     return scores
