@@ -15,11 +15,13 @@ import argparse
 import tempfile
 import time
 
+import harness  # noqa: F401  (the torchvision fix runs before anything imports torchvision)
+
+# isort: split
 import pytrec_eval
 import torch
 from sentence_transformers import SentenceTransformer
 
-import harness  # noqa: F401  (torchvision fix)
 from harness.backbones import build_backbone
 from harness.backbones.ocr_text import DEFAULT_TEXT_ENCODER, resolve_encoder_path
 from harness.evaluate.runner import evaluate_model

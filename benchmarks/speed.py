@@ -22,9 +22,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
     os.environ["HARNESS_CACHE"] = str(tmp / "cache")  # fresh caches: nothing is served from earlier runs
 
+    import harness  # noqa: F401  (the torchvision fix runs before anything imports torchvision)
+
+    # isort: split
     from PIL import Image
 
-    import harness  # noqa: F401
     from harness.backbones import Page, build_backbone
     from harness.backbones.ocr import TesseractOcr
     from harness.evaluate.runner import evaluate_model
