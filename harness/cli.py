@@ -143,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import harness  # noqa: F401  (torchvision fix before anything else)
+
+    if not getattr(args, "progress", False):  # keep the terminal for results: no library progress bars
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     from harness.backbones import BackboneError
     from harness.config import ConfigError
     from harness.data.beir import DataError

@@ -34,7 +34,7 @@ def generated_task(options: dict[str, Any] | None = None) -> BeirFolderTask:
     options = dict(options or {})
     try:
         config = GeneratedConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise TaskSpecError(f"task 'generated': {exc}") from None
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     name = "GeneratedPages" if not options else f"GeneratedPages_{digest}"
