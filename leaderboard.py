@@ -130,7 +130,7 @@ def print_table(table: pd.DataFrame, console: Console | None = None) -> None:
     header, rows = render_rows(table)
     rt = Table(title="Leaderboard (main score x 100; change vs the same backbone's base)")
     for h in header:
-        rt.add_column(h, justify="left" if h in {"backbone", "variant"} else "right")
+        rt.add_column(h, justify="left" if h in {"backbone", "variant"} else "right", overflow="fold")
     for r in rows:
         rt.add_row(*r)
     (console or Console()).print(rt)

@@ -14,7 +14,7 @@ from harness.retrieval.cache import EmbeddingCache
 from models.base.model import load_model
 from tasks.beir_folder import BeirFolderTask
 
-ARCHS = ["colqwen2_5", "colpali", "colidefics3", "colqwen2"]
+ARCHS = ["colqwen2_5", "colpali", "biqwen2_5", "colidefics3", "colqwen2"]
 
 
 def _available_archs() -> list[str]:
