@@ -78,6 +78,7 @@ def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpe
         out_dir = checkpoints / variant.name / backbone.describe() / f"{corpus.name}-{key}"
         checkpoint = variant.recipe.train(backbone, corpus, config, out_dir)
     encoder = variant.model.load_model(backbone, checkpoint, None)
+    encoder.checkpoint = checkpoint  # the run record copies checkpoint/training.json (costs) from here
     # The cache is keyed by the final model's revision (fingerprint of what was actually trained).
     cache.dir = cache_root() / "embeddings" / str(encoder.mteb_model_meta.revision)
     encoder.cache = cache

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,9 @@ class EncodeStats:
     encoded: dict[str, int] = field(default_factory=lambda: {"query": 0, "document": 0})
     cached: dict[str, int] = field(default_factory=lambda: {"query": 0, "document": 0})
     seconds: dict[str, float] = field(default_factory=lambda: {"query": 0.0, "document": 0.0})
+    # Index size: vectors and float32 bytes of every document served (encoded or cached).
+    doc_vectors: int = 0
+    doc_bytes: int = 0
 
 
 def make_meta(name: str, revision: str, backbone: Backbone, **extra: Any) -> ModelMeta:
@@ -54,6 +58,7 @@ class HarnessEncoder(AbsEncoder):
         self.query_batch_size = query_batch_size
         self.page_batch_size = page_batch_size
         self.stats = EncodeStats()
+        self.checkpoint: Path | None = None  # set by the pipeline for trained variants
 
     def encode(self, inputs: Iterable[dict[str, Any]], *, task_metadata: Any, hf_split: str,
                hf_subset: str, prompt_type: PromptType | None = None, **kwargs: Any) -> torch.Tensor:
@@ -83,7 +88,11 @@ class HarnessEncoder(AbsEncoder):
                 out[i] = vec
                 if self.cache:
                     self.cache.put(keys[i], vec)
-        return pad_vectors([v for v in out if v is not None])
+        vectors = [v for v in out if v is not None]
+        if role == "document":
+            self.stats.doc_vectors += sum(v.shape[0] for v in vectors)
+            self.stats.doc_bytes += sum(v.shape[0] * v.shape[1] * 4 for v in vectors)
+        return pad_vectors(vectors)
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         return maxsim(embeddings1, embeddings2)

@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 RUN_DEPTH = 100  # documents kept per query in the saved ranking
 
 
+def training_record(encoder: HarnessEncoder) -> dict[str, Any] | None:
+    """The recipe's own record (checkpoint/training.json: wall time, LLM calls, ...), if it trained."""
+    checkpoint = getattr(encoder, "checkpoint", None)
+    if checkpoint is None or not (Path(checkpoint) / "training.json").is_file():
+        return None
+    return json.loads((Path(checkpoint) / "training.json").read_text())
+
+
 @dataclass
 class TaskOutcome:
     task: str
@@ -105,6 +113,10 @@ def _run_task(encoder: HarnessEncoder, task: AbsTask, results_dir: Path, *, vari
             "timings": {"evaluation_s": round(seconds, 3),
                         "encode_s": {k: round(v, 3) for k, v in encoder.stats.seconds.items()}},
             "encoded": encoder.stats.encoded, "cached": encoder.stats.cached,
+            # documents served over all subsets and splits (encoded + cached), with their float32 size
+            "index": {"documents": encoder.stats.encoded["document"] + encoder.stats.cached["document"],
+                      "vectors": encoder.stats.doc_vectors, "bytes": encoder.stats.doc_bytes},
+            "training": training_record(encoder),
             "ocr_pages": (ocr.pages_ocred if ocr else 0) - ocr_before,
             "per_query": per_query,
         }
