@@ -54,10 +54,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--max-chunks", type=int, default=1, help="1 = truncate at 256 tokens like MTEB's run")
+    ap.add_argument("--max-chunks", type=int, default=1,
+                    help="1 = truncate at 256 tokens like MTEB's run; 0 = every chunk (max-passage)")
     args = ap.parse_args()
     task = BeirFolderTask(args.folder, split=args.split, name=f"SciFactCheck_{args.split}")
-    backbone = build_backbone("ocr-text", {"mode": "pooled", "max_chunks": args.max_chunks})
+    backbone = build_backbone("ocr-text", {"mode": "pooled", "max_chunks": args.max_chunks or None})
     encoder = load_model(backbone)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

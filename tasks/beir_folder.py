@@ -10,7 +10,7 @@ from datasets import Dataset, Image
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from harness.data.beir import BeirFolder, read_beir_folder
+from harness.data.beir import BeirFolder, DataError, read_beir_folder
 
 
 def task_name_for(folder: Path) -> str:
@@ -19,16 +19,38 @@ def task_name_for(folder: Path) -> str:
     return "".join(w[:1].upper() + w[1:] for w in words if w) + "Retrieval"
 
 
+def candidate_lists(data: BeirFolder, key: str) -> dict[str, list[str]]:
+    """For each query, the pages whose metadata[key] equals the query's metadata[key]."""
+    by_value: dict[Any, list[str]] = {}
+    for doc_id, doc in data.corpus.items():
+        if key not in doc["metadata"]:
+            raise DataError(f"{data.root / 'corpus.jsonl'}: document {doc_id!r} has no metadata.{key}")
+        by_value.setdefault(doc["metadata"][key], []).append(doc_id)
+    out = {}
+    for qid, meta in data.query_metadata.items():
+        if key not in meta:
+            raise DataError(f"{data.root / 'queries.jsonl'}: query {qid!r} has no metadata.{key}")
+        out[qid] = by_value.get(meta[key], [])
+    return out
+
+
 class BeirFolderTask(AbsTaskRetrieval):
     """Method (B) of loading local data into mteb: ``load_data`` fills ``self.dataset`` directly."""
 
     def __init__(self, folder: str | Path, split: str = "test", name: str | None = None,
-                 skip_bad_images: bool = False, description: str | None = None, **kwargs: Any) -> None:
+                 skip_bad_images: bool = False, description: str | None = None,
+                 candidates_by: str | None = None, **kwargs: Any) -> None:
+        """``candidates_by``: a metadata key shared by queries and pages (e.g. ``doc_id``); each query then
+        ranks only the pages with its own value (mteb's top_ranked), as in single-document QA."""
         self.folder = Path(folder)
         self.split = split
         self.skip_bad_images = skip_bad_images
         # Validate eagerly so that bad input fails before any model loads; images are decoded once here.
         self.data: BeirFolder = read_beir_folder(self.folder, split, skip_bad_images=skip_bad_images)
+        self.top_ranked = candidate_lists(self.data, candidates_by) if candidates_by else None
+        if candidates_by and name is None:
+            within = "".join(w.capitalize() for w in re.split(r"[^0-9A-Za-z]+", candidates_by) if w)
+            name = task_name_for(self.folder).removesuffix("Retrieval") + f"Within{within}Retrieval"
         images = self.data.has_images
         metadata = TaskMetadata(
             name=name or task_name_for(self.folder),
@@ -61,5 +83,5 @@ class BeirFolderTask(AbsTaskRetrieval):
             corpus = corpus.cast_column("image", Image())
         queries = Dataset.from_dict({"id": list(d.queries), "text": list(d.queries.values())})
         self.dataset = {"default": {self.split: {"corpus": corpus, "queries": queries,
-                                                 "relevant_docs": d.qrels, "top_ranked": None}}}
+                                                 "relevant_docs": d.qrels, "top_ranked": self.top_ranked}}}
         self.data_loaded = True

@@ -4,7 +4,7 @@ Spec forms (a string, or a dict with ``name`` plus options):
 - ``generated``: the offline generated page task (options: seed, n_entities, ... of GeneratedConfig)
 - ``ViDoRe(v1)`` / ``ViDoRe(v2)``: mteb's benchmarks (option ``local_dir``: a local mirror of the data)
 - any mteb task name, e.g. ``VidoreDocVQARetrieval`` (option ``local_dir``)
-- a folder in BEIR format (options: split, name, skip_bad_images), as ``{"path": ...}`` or a plain path
+- a folder in BEIR format (options: split, name, skip_bad_images, candidates_by), as ``{"path": ...}`` or a path
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def resolve_task(spec: str | dict[str, Any]) -> list[AbsTask]:
         options = dict(spec)
         if "path" in options:
             path = options.pop("path")
-            allowed = {"split", "name", "skip_bad_images"}
+            allowed = {"split", "name", "skip_bad_images", "candidates_by"}
             if unknown := set(options) - allowed:
                 raise TaskSpecError(f"task {path}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
             return [BeirFolderTask(path, **options)]

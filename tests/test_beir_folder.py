@@ -130,3 +130,20 @@ def test_wrong_backbone_key_is_named() -> None:
         build_backbone("ocr-text", {"chunk_tokenz": 5}, where="backbone.config")
     with pytest.raises(BackboneError, match="unknown backbone family 'nope'"):
         build_backbone("nope")
+
+
+def test_candidates_by_metadata_restricts_each_query(tmp_path: Path) -> None:
+    from conftest import write_beir
+
+    docs = [{"_id": f"d{i}", "text": f"page {i}", "metadata": {"doc_id": "A" if i < 2 else "B"}} for i in range(4)]
+    root = write_beir(tmp_path / "docs", docs, {"q0": "page zero", "q1": "page three"},
+                      [("q0", "d0", 1), ("q1", "d3", 1)])
+    lines = (root / "queries.jsonl").read_text().splitlines()
+    metas = [{"doc_id": "A"}, {"doc_id": "B"}]
+    (root / "queries.jsonl").write_text(
+        "".join(json.dumps({**json.loads(line), "metadata": m}) + "\n" for line, m in zip(lines, metas)))
+    [task] = resolve_task({"path": str(root), "candidates_by": "doc_id"})
+    assert task.metadata.name == "DocsWithinDocIdRetrieval"
+    assert task.top_ranked == {"q0": ["d0", "d1"], "q1": ["d2", "d3"]}
+    with pytest.raises(DataError, match="has no metadata.page"):
+        BeirFolderTask(root, candidates_by="page")

@@ -32,6 +32,7 @@ class BeirFolder:
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
     skipped_images: list[str] = field(default_factory=list)
+    query_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def has_images(self) -> bool:
@@ -95,17 +96,19 @@ def read_beir_folder(root: str | Path, split: str = "test", *, skip_bad_images: 
                 skipped.append(doc_id)
                 continue
         corpus[doc_id] = {"title": row.get("title") or "", "text": text,
-                          "image": str(image_path) if image_path else None}
+                          "image": str(image_path) if image_path else None, "metadata": row.get("metadata") or {}}
     if not corpus:
         raise DataError(f"{corpus_path}: empty corpus")
 
     queries_path = root / "queries.jsonl"
     queries: dict[str, str] = {}
+    query_metadata: dict[str, dict[str, Any]] = {}
     for lineno, row in read_jsonl(queries_path):
         text = row.get("text")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{queries_path}:{lineno}: query {row['_id']!r} has no text")
         queries[str(row["_id"])] = text
+        query_metadata[str(row["_id"])] = row.get("metadata") or {}
 
     if not queries:
         raise DataError(f"{queries_path}: no queries")
@@ -116,7 +119,8 @@ def read_beir_folder(root: str | Path, split: str = "test", *, skip_bad_images: 
     queries = {q: t for q, t in queries.items() if q in qrels}
     if not queries:
         raise DataError(f"{qrels_path}: no query of {queries_path} has a relevant document")
-    return BeirFolder(root, split, corpus, queries, qrels, skipped)
+    return BeirFolder(root, split, corpus, queries, qrels, skipped,
+                      {q: m for q, m in query_metadata.items() if q in queries})
 
 
 def read_qrels(path: Path, queries: dict[str, str], corpus: dict[str, Any], *,
