@@ -141,7 +141,7 @@ def test_candidates_by_metadata_restricts_each_query(tmp_path: Path) -> None:
     lines = (root / "queries.jsonl").read_text().splitlines()
     metas = [{"doc_id": "A"}, {"doc_id": "B"}]
     (root / "queries.jsonl").write_text(
-        "".join(json.dumps({**json.loads(line), "metadata": m}) + "\n" for line, m in zip(lines, metas)))
+        "".join(json.dumps({**json.loads(line), "metadata": m}) + "\n" for line, m in zip(lines, metas, strict=True)))
     [task] = resolve_task({"path": str(root), "candidates_by": "doc_id"})
     assert task.metadata.name == "DocsWithinDocIdRetrieval"
     assert task.top_ranked == {"q0": ["d0", "d1"], "q1": ["d2", "d3"]}
