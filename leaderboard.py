@@ -1,164 +1,117 @@
-"""Build the comparison table from ``results/``: rows backbone x variant, columns each task's main score,
-the average, and the change against the same backbone's base variant.
+"""Leaderboard from ``results/``: rows backbone x variant, a column per task (or per ViDoRe v2 language), the
+average, the change against the same backbone's base with paired significance markers, and cost columns.
 
-Reads MTEB result files directly (mteb's own leaderboard helpers return nothing for unregistered models and
-tasks) and the harness's run records for backbone and variant. Prints a rich table and writes
-``results/leaderboard.md`` and ``results/leaderboard.csv``. Unreadable files are reported and skipped.
+Inputs (written by ``harness run`` / ``harness eval``)
+  results/mteb/results/<model>/<revision>/<Task>.json   MTEB result: the scores shown (latest per row and task)
+  results/runs/<model>/<revision>/<Task>.json           run record: backbone, variant, per-query scores, costs
+A partial, corrupt or foreign JSON file is reported and skipped.
+
+Significance: for each task, the per-query main metric (pytrec_eval, from the run record) of a row is compared
+with the same backbone's base (and with ``--reference``) on the queries both ran: a two-sided paired permutation
+test (sign flips of the per-query differences; exact below 2^16 flips, else ``--permutations`` random flips from
+``--seed``) and a bootstrap 95% interval of the mean difference. p-values are Holm-adjusted across the columns of
+one comparison. Markers: * p < 0.05, ** p < 0.01 (adjusted).
+
+Training record contract (a recipe's ``<checkpoint>/training.json``, copied into the run record as
+``training``; null for variants that do not train):
+  wall_s      training wall time in seconds, synthetic-data generation included
+  llm_calls   LLM requests made to generate synthetic training data (0 when none)
+  llm_tokens  tokens of those requests (prompt + completion), optional
+  examples    training examples used
+  loss_log    path of a JSONL loss file, one line per logged step: {"step": int, "epoch": float, "loss": float};
+              absolute, or relative to ``checkpoint`` when the record has that key, else to the folder holding
+              results/
+Costs per row: training time and LLM calls summed over its distinct trainings; encode ms per page and per query
+from items actually encoded (a fully cached run takes the rate of the most recent run of the same model that
+encoded); index bytes per page; query latency = encode + search ms per query (see harness/report/costs.py).
+
+Outputs (in --out, default the results folder): leaderboard.md, .csv, .tex, .html (self-contained, sortable,
+plots embedded), leaderboard_tests.csv (every paired test) and plots/*.png; a terminal table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
-from rich.console import Console
-from rich.table import Table
-
-log = logging.getLogger("leaderboard")
-BASE = "base"
+BENCHMARKS = ("v1", "v2", "local", "mteb")
 
 
-@dataclass
-class Entry:
-    backbone: str
-    variant: str
-    model: str
-    revision: str
-    task: str
-    main_score_name: str
-    score: float
-    date: str
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The leaderboard's options (also those of ``harness leaderboard``)."""
+    parser.add_argument("--results", default="results", help="results folder (default: results)")
+    parser.add_argument("--out", help="folder for the files (default: the results folder)")
+    parser.add_argument("--benchmark", action="append", choices=BENCHMARKS, default=[],
+                        help="keep tasks of this benchmark: ViDoRe v1, v2, local folders/generated, other mteb "
+                             "tasks; repeatable")
+    parser.add_argument("--backbone", action="append", default=[], metavar="GLOB",
+                        help="keep backbones whose tag matches (fnmatch pattern); repeatable")
+    parser.add_argument("--in-domain", choices=("include", "exclude", "only"), default="include",
+                        help="the four ViDoRe v1 tasks that overlap colpali's training data (marked †)")
+    parser.add_argument("--view", choices=("tasks", "languages"), default="tasks",
+                        help="columns: tasks, or ViDoRe v2 languages (averaged over the v2 tasks)")
+    parser.add_argument("--reference", metavar="NAME",
+                        help="also test every row against this: a variant (of each row's backbone) or a model "
+                             "name variant/backbone-tag")
+    parser.add_argument("--permutations", type=int, default=10_000, help="random sign flips per test")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the permutations and bootstrap")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots (faster)")
+    parser.add_argument("--screenshot", metavar="PNG", help="also save a headless-Chromium screenshot of the page")
 
 
-def _read_entry(result_file: Path, results_dir: Path) -> Entry | None:
-    from mteb.results import TaskResult
+def collect(results_dir: str | Path) -> list[Any]:
+    from harness.report.results import collect as collect_entries
 
-    try:
-        result = TaskResult.from_disk(result_file)
-        score = float(result.get_score())
-    except Exception as exc:  # partial, corrupt or foreign JSON: report, skip, carry on
-        log.warning("skipping %s: %s", result_file, str(exc).splitlines()[0][:200])
-        return None
-    revision_dir = result_file.parent
-    model_dir = revision_dir.parent.name
-    record_file = results_dir / "runs" / model_dir / revision_dir.name / result_file.name
-    record = {}
-    if record_file.is_file():
-        try:
-            record = json.loads(record_file.read_text())
-        except json.JSONDecodeError as exc:
-            log.warning("skipping run record %s: %s", record_file, exc)
-    model = record.get("model") or model_dir.replace("__", "/")
-    variant = record.get("variant") or (model.split("/", 1)[0] if "/" in model else "-")
-    backbone = (record.get("backbone") or {}).get("tag") or (model.split("/", 1)[-1])
-    date = record.get("date") or str(result.date or "")
-    name = result.task_name
-    return Entry(backbone, variant, model, revision_dir.name, name,
-                 record.get("main_score_name") or "main_score", score, date)
+    return collect_entries(results_dir)
 
 
-def collect(results_dir: str | Path) -> list[Entry]:
-    results_dir = Path(results_dir)
-    root = results_dir / "mteb" / "results"
-    entries = []
-    for result_file in sorted(root.glob("*/*/*.json")):
-        if result_file.name == "model_meta.json":
-            continue
-        entry = _read_entry(result_file, results_dir)
-        if entry is not None:
-            entries.append(entry)
-    return entries
+def build_table(entries: list[Any], **options: Any) -> Any:
+    """The table as a DataFrame: scores, average, delta_<column> against base, costs."""
+    from harness.report.board import build
+
+    return build(entries, **options).table
 
 
-def build_table(entries: list[Entry]) -> pd.DataFrame:
-    """One row per (backbone, variant): the latest result per task, the average, and deltas to base."""
-    if not entries:
-        return pd.DataFrame()
-    df = pd.DataFrame([e.__dict__ for e in entries]).sort_values("date")
-    latest = df.groupby(["backbone", "variant", "task"], as_index=False).last()
-    table = latest.pivot(index=["backbone", "variant"], columns="task", values="score")
-    tasks = sorted(table.columns)
-    table = table[tasks]
-    table["average"] = table[tasks].mean(axis=1, skipna=False)  # NaN unless the row has every task
-    table = table.reset_index()
-    base = table[table.variant == BASE].set_index("backbone")
-    for col in [*tasks, "average"]:
-        table[f"delta_{col}"] = table[col] - table.backbone.map(base[col])  # NaN where no base row
-    return table
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
 
+    from harness.report import board as board_mod
+    from harness.report import html, plots, render
 
-def _fmt(value: float, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    results_dir = Path(args.results)
+    out_dir = Path(args.out) if args.out else results_dir
+    filters = board_mod.Filters(args.benchmark, args.backbone, args.in_domain)
+    board = board_mod.build(collect(results_dir), filters=filters, view=args.view, reference=args.reference,
+                            n_permutations=args.permutations, seed=args.seed)
+    if board.table.empty:
+        print(f"no results under {results_dir / 'mteb' / 'results'} (after filters)", file=sys.stderr)
+        return 1
+    render.print_tables(board, Console())
+    written = render.write_text_outputs(board, out_dir)
+    figures = {} if args.no_plots else plots.write_plots(board, results_dir, out_dir / "plots")
+    chosen = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
+        ("benchmark", ",".join(args.benchmark)), ("backbone", ",".join(args.backbone)),
+        ("in_domain", "" if args.in_domain == "include" else args.in_domain), ("reference", args.reference)) if v)
+    page = html.write_html(board, figures, out_dir / "leaderboard.html", source=str(results_dir), filters=chosen)
+    written += [page, *figures.values()]
+    if args.screenshot:
+        from harness.report.browser import page_url, screenshot
 
-
-def task_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c not in {"backbone", "variant", "average"} and not c.startswith("delta_")]
-
-
-def render_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    tasks = task_columns(table)
-    header = ["backbone", "variant", *tasks, "average", "Δ avg vs base"]
-    rows = []
-    for _, r in table.iterrows():
-        cells = [r["backbone"], r["variant"]]
-        for t in tasks:
-            delta = "" if r["variant"] == BASE or math.isnan(r[f"delta_{t}"]) else f" ({_fmt(r[f'delta_{t}'], True)})"
-            cells.append(_fmt(r[t]) + delta)
-        cells += [_fmt(r["average"]), "" if r["variant"] == BASE else _fmt(r["delta_average"], True)]
-        rows.append(cells)
-    return header, rows
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    header, rows = render_rows(table)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    note = ("\nScores are each task's main score x 100 (nDCG@5 for page tasks, nDCG@10 for text tasks); "
-            "(+x) is the change against the same backbone's base.\n")
-    return "\n".join(lines) + "\n" + note
-
-
-def print_table(table: pd.DataFrame, console: Console | None = None) -> None:
-    header, rows = render_rows(table)
-    rt = Table(title="Leaderboard (main score x 100; change vs the same backbone's base)")
-    for h in header:
-        rt.add_column(h, justify="left" if h in {"backbone", "variant"} else "right", overflow="fold")
-    for r in rows:
-        rt.add_row(*r)
-    (console or Console()).print(rt)
-
-
-def write_outputs(table: pd.DataFrame, results_dir: Path) -> list[Path]:
-    from harness.evaluate.records import atomic_write_text
-
-    md, csv = results_dir / "leaderboard.md", results_dir / "leaderboard.csv"
-    atomic_write_text(md, "# Leaderboard\n\n" + to_markdown(table))
-    atomic_write_text(csv, table.to_csv(index=False))
-    return [md, csv]
+        written.append(screenshot(page_url(page), Path(args.screenshot)))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="results", help="results folder (default: results)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    results_dir = Path(args.results)
-    table = build_table(collect(results_dir))
-    if table.empty:
-        print(f"no results under {results_dir / 'mteb' / 'results'}", file=sys.stderr)
-        return 1
-    print_table(table)
-    for path in write_outputs(table, results_dir):
-        print(f"wrote {path}")
-    return 0
+    return run(args)
 
 
 if __name__ == "__main__":

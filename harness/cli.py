@@ -93,7 +93,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     import leaderboard
 
-    return leaderboard.main(["--results", args.results])
+    return leaderboard.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list backbone families and variants")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("leaderboard", help="print and write the leaderboard from a results folder")
-    p.add_argument("--results", default="results")
+    import leaderboard  # light: its options only (the work imports lazily)
+
+    leaderboard.add_arguments(p)
     p.set_defaults(func=cmd_leaderboard)
     return parser
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot set-up on a fresh machine: system packages (Tesseract), a virtual environment in .venv,
+# One-shot set-up on a fresh machine: system packages (Tesseract, Chromium), a virtual environment in .venv,
 # a CPU torch where there is no GPU, then the project. Safe to re-run: each step is skipped when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,17 @@ if ! command -v tesseract >/dev/null 2>&1; then
     echo "        Debian/Ubuntu: sudo apt-get install tesseract-ocr tesseract-ocr-eng" >&2
     echo "        macOS: brew install tesseract" >&2
     exit 1
+  fi
+fi
+
+# Chromium (headless) checks the HTML leaderboard in a real browser; without it that one test skips.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Chromium (apt-get) for the HTML leaderboard check"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[setup] Chromium is missing: the HTML leaderboard's browser test will skip (Debian: apt-get install chromium)"
   fi
 fi
 

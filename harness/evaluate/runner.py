@@ -38,7 +38,9 @@ def training_record(encoder: HarnessEncoder) -> dict[str, Any] | None:
     checkpoint = getattr(encoder, "checkpoint", None)
     if checkpoint is None or not (Path(checkpoint) / "training.json").is_file():
         return None
-    return json.loads((Path(checkpoint) / "training.json").read_text())
+    record = json.loads((Path(checkpoint) / "training.json").read_text())
+    record["checkpoint"] = str(Path(checkpoint).resolve())  # relative paths inside resolve against it
+    return record
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""Cost columns of a leaderboard row, from its run records (and mteb's phase timings).
+
+- ``train_wall_s``, ``llm_calls``: summed over the distinct training records behind the row's results
+  (0 for a variant that does not train; unknown when a record predates the ``training`` key).
+- ``encode_ms_per_page``: document encode seconds / documents encoded. Cached documents cost no encode time,
+  so they are not counted as free pages: a row that encoded nothing takes the rate of the most recent record of
+  the same model that did encode, or stays unknown.
+- ``index_bytes_per_page``: float32 bytes of the document vectors served / documents served.
+- ``query_latency_ms``: encode ms per query (same rule as pages) + search ms per query. Search time is mteb's
+  "Computing similarity" phase where it recorded one; for a full-corpus search mteb records one "Searching
+  corpus" phase that also holds the document encoding, so the record's document encode time is taken off it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.report.results import Entry
+
+COLUMNS = ("train_wall_s", "llm_calls", "encode_ms_per_page", "index_bytes_per_page", "query_latency_ms")
+NAN = float("nan")
+
+
+def _encode_rate(entries: Iterable[Entry], role: str) -> float:
+    """Seconds per item over the entries that encoded items of this role; NaN when none did."""
+    seconds = items = 0.0
+    for e in entries:
+        n = (e.record.get("encoded") or {}).get(role, 0)
+        if n > 0:
+            seconds += ((e.record.get("timings") or {}).get("encode_s") or {}).get(role, 0.0)
+            items += n
+    return seconds / items if items else NAN
+
+
+def _latest_rate(model: str, pool: Iterable[Entry], role: str) -> float:
+    """The rate of the most recent record of this model that encoded items of this role."""
+    done = [e for e in pool if e.model == model and (e.record.get("encoded") or {}).get(role, 0) > 0]
+    return _encode_rate([max(done, key=lambda e: e.date)], role) if done else NAN
+
+
+def _phase_seconds(entry: Entry, name: str) -> float | None:
+    spans = [p["end"] - p["start"] for p in entry.phases if p.get("name") == name]
+    return sum(spans) if spans else None
+
+
+def search_seconds(entry: Entry) -> float:
+    similarity = _phase_seconds(entry, "Computing similarity")
+    if similarity is not None:
+        return similarity
+    searching = _phase_seconds(entry, "Searching corpus")
+    if searching is None:
+        return NAN
+    doc_encode = ((entry.record.get("timings") or {}).get("encode_s") or {}).get("document", 0.0)
+    return max(0.0, searching - doc_encode)
+
+
+def _training(entries: Iterable[Entry], key: str) -> float:
+    if any("training" not in e.record for e in entries):
+        return NAN  # a record without the key: the cost is unknown, not zero
+    distinct = {json.dumps(e.record["training"], sort_keys=True): e.record["training"] for e in entries}
+    values = [t.get(key) for t in distinct.values() if t]
+    return NAN if any(v is None for v in values) else float(sum(values))
+
+
+def row_costs(entries: list[Entry], pool: list[Entry]) -> dict[str, float]:
+    """Cost columns for one row (its latest entry per task); ``pool`` is every entry, for fallback rates."""
+    if not entries:
+        return dict.fromkeys(COLUMNS, NAN)
+    model = max(entries, key=lambda e: e.date).model
+    rates = {}
+    for role in ("document", "query"):
+        rate = _encode_rate(entries, role)
+        rates[role] = _latest_rate(model, pool, role) if math.isnan(rate) else rate
+    index: dict[str, Any] = {"bytes": 0, "documents": 0}
+    for e in entries:
+        for k in index:
+            index[k] += (e.record.get("index") or {}).get(k, 0)
+    queries = sum(sum((e.record.get(k) or {}).get("query", 0) for k in ("encoded", "cached")) for e in entries)
+    search = sum(search_seconds(e) for e in entries)
+    return {
+        "train_wall_s": _training(entries, "wall_s"),
+        "llm_calls": _training(entries, "llm_calls"),
+        "encode_ms_per_page": 1000 * rates["document"],
+        "index_bytes_per_page": index["bytes"] / index["documents"] if index["documents"] else NAN,
+        "query_latency_ms": 1000 * (rates["query"] + search / queries) if queries else NAN,
+    }
