@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,8 @@ class VariantSpec(Strict):
     config: dict[str, Any] = Field(default_factory=dict)
     # The corpus whose pages (only) a recipe trains on; default: each evaluated task's own corpus.
     train_corpus: str | dict[str, Any] | None = None
+    # Indices into the run's backbones list this variant applies to (default: all of them).
+    backbones: list[int] | None = None
 
 
 class RunConfig(Strict):
@@ -38,6 +40,15 @@ class RunConfig(Strict):
     backbones: list[BackboneSpec] = Field(min_length=1)
     variants: list[VariantSpec] = Field(default_factory=lambda: [VariantSpec(name="base")])
     tasks: list[str | dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _backbone_indices(self) -> RunConfig:
+        for i, v in enumerate(self.variants):
+            bad = [b for b in v.backbones or [] if not 0 <= b < len(self.backbones)]
+            if bad:
+                raise ValueError(f"variants.{i}.backbones: no backbone with index {bad} "
+                                 f"(the run has {len(self.backbones)})")
+        return self
 
     @field_validator("variants", mode="before")
     @classmethod

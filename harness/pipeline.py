@@ -94,6 +94,8 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
     outcomes: list[TaskOutcome] = []
     for bi, bspec in enumerate(config.backbones):
         for vi, vspec in enumerate(config.variants):
+            if vspec.backbones is not None and bi not in vspec.backbones:
+                continue
             variant = get_variant(vspec.name)
             trains = getattr(variant.recipe, "TRAINS", True)
             # One model per run for variants that train on a fixed corpus (or do not train at all);
