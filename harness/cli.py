@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     leaderboard.add_arguments(p)
     p.set_defaults(func=cmd_leaderboard)
+
+    from harness.synth.cli import register as register_synth  # light: the engine imports lazily
+
+    register_synth(sub)
     return parser
 
 

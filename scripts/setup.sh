@@ -50,6 +50,24 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 
+# llama-cpp-python (the offline generator/judge backend) has no Linux wheel on PyPI: it compiles here (about 4-8
+# minutes on 2 cores). AMX is left out on x86-64: some VMs advertise AMX but fault on its first instruction
+# (ldtilecfg). Extra CMake flags (e.g. -DGGML_CUDA=on) can be passed in CMAKE_ARGS.
+if ! "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
+  if ! command -v c++ >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >/dev/null
+  fi
+  LLAMA_CMAKE="-DLLAVA_BUILD=OFF"
+  if [ "$(uname -m)" = x86_64 ]; then
+    NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    LLAMA_CMAKE="$LLAMA_CMAKE -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'"
+  fi
+  echo "[setup] building llama-cpp-python (a few minutes)"
+  # --no-cache-dir: a cached wheel may have been built with other flags (pip does not key its cache on CMAKE_ARGS)
+  CMAKE_ARGS="$LLAMA_CMAKE ${CMAKE_ARGS:-}" $PIP install -q --no-cache-dir "llama-cpp-python[server]>=0.3.9,<0.4"
+fi
+
 echo "[setup] installing the project and its dependencies"
 $PIP install -q -e ".[dev]"
 "$VENV/bin/python" -c "import harness.compat, colpali_engine, mteb; print('[setup] ok: mteb', mteb.__version__)"

@@ -1,0 +1,416 @@
+"""The synthetic-data operations recipes ask for: pseudo-queries, judges, Syntriever synthesis and self-verification.
+
+Each operation turns its inputs into model calls ("jobs"), serves the calls already in the store, runs the rest
+(``backend.parallelism`` at a time) and appends each record as it completes. A failure stops new calls, keeps every
+finished record and raises ``OperationError`` (re-running resumes). Unparseable and empty answers are recorded with
+their status and counted, never guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.backbones.base import Page
+from harness.synth import parsing, prompts
+from harness.synth.backends import Backend, GenParams, Prompt
+from harness.synth.store import SynthStore, record_key
+
+log = logging.getLogger(__name__)
+
+
+class OperationError(RuntimeError):
+    pass
+
+
+@dataclass
+class JudgeItem:
+    query_id: str
+    query: str
+    page: Page  # a page image, a page's text, or a passage (a text Page)
+
+
+@dataclass
+class PairItem:
+    query_id: str
+    query: str
+    a: Page
+    b: Page
+
+
+@dataclass
+class Job:
+    key_parts: dict[str, Any]  # what determines the output (hashed into the record key)
+    call: Callable[[], dict[str, Any]]  # runs the model; returns raw / parsed / status / meta
+    key: str = ""
+
+
+@dataclass
+class Report:
+    op: str
+    calls: int = 0
+    new: int = 0
+    reused: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    notes: dict[str, int] = field(default_factory=dict)  # operation-specific counts (duplicates, dropped...)
+
+    def line(self) -> str:
+        parts = [f"{self.calls} calls ({self.new} new, {self.reused} from the store)"]
+        parts += [f"{s} {n}" for s, n in sorted(self.statuses.items())]
+        parts += [f"{k} {v}" for k, v in self.notes.items()]
+        return f"{self.op}: " + ", ".join(parts)
+
+
+def _variant(backend: Backend, page: Page | None, image_variant: str | None = "vlm", text_variant: str = "text") -> str:
+    if not backend.instruct:
+        return "fewshot"
+    if image_variant and backend.sees_images and page is not None and page.image is not None:
+        return image_variant
+    return text_variant
+
+
+def run_jobs(op: str, backend: Backend, store: SynthStore, jobs: Sequence[Job], *,
+             progress: bool = True) -> tuple[list[dict[str, Any]], Report]:
+    """Serve stored records, run the others, append each as it completes; return the records in job order."""
+    ident = backend.describe()
+    report = Report(op, calls=len(jobs))
+    out: list[dict[str, Any] | None] = [None] * len(jobs)
+    todo = []
+    for i, job in enumerate(jobs):
+        job.key = record_key(op=op, backend=ident, **job.key_parts)
+        found = store.get(job.key)
+        if found is not None:
+            out[i] = found
+            report.reused += 1
+        else:
+            todo.append(i)
+
+    def execute(i: int) -> dict[str, Any]:
+        job = jobs[i]
+        start = time.perf_counter()
+        result = job.call()
+        record = {"key": job.key, "op": op, "backend": ident["kind"], "model": ident["model"], **job.key_parts,
+                  **result, "elapsed_s": round(time.perf_counter() - start, 4)}
+        return store.append(record)
+
+    bar = _progress(progress, op, len(todo))
+    errors: list[BaseException] = []
+    try:
+        if backend.parallelism <= 1:
+            for i in todo:
+                try:
+                    out[i] = execute(i)
+                except Exception as exc:  # noqa: BLE001  (reported below with what was kept)
+                    errors.append(exc)
+                    break
+                bar.advance()
+        else:
+            with ThreadPoolExecutor(backend.parallelism) as pool:
+                futures = {pool.submit(execute, i): i for i in todo}
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for fut in done:
+                        if fut.exception() is not None:
+                            errors.append(fut.exception())  # type: ignore[arg-type]
+                        else:
+                            out[futures[fut]] = fut.result()
+                            bar.advance()
+                    if errors:  # stop new calls; the ones in flight finish and are written
+                        for fut in pending:
+                            fut.cancel()
+                        for fut in pending:
+                            if not fut.cancelled() and fut.exception() is None:
+                                out[futures[fut]] = fut.result()
+                        break
+    finally:
+        bar.close()
+    report.new = sum(1 for i in todo if out[i] is not None)
+    if errors:
+        raise OperationError(f"{op}: {report.new} new record(s) written to {store.path}, then a call failed "
+                             f"({type(errors[0]).__name__}: {errors[0]}); run again to resume") from errors[0]
+    records = [r for r in out if r is not None]
+    report.statuses = Counter(r.get("status", "ok") for r in records)
+    log.info(report.line())
+    return records, report
+
+
+class _progress:
+    """A rich progress bar (or nothing): one line per operation."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self._p = None
+        if enabled and total:
+            from rich.progress import Progress
+
+            self._p = Progress(transient=False)
+            self._task = self._p.add_task(label, total=total)
+            self._p.start()
+
+    def advance(self) -> None:
+        if self._p is not None:
+            self._p.advance(self._task)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A per-call seed from the run's seed and the call's identity: stable across resumes and orderings."""
+    return zlib.crc32(repr((seed, *parts)).encode()) & 0x7FFFFFFF
+
+
+def _gen_result(backend: Backend, prompt: Prompt, params: GenParams, seed: int,
+                parse: Callable[[str], Any]) -> dict[str, Any]:
+    gen = backend.generate([prompt], params, seeds=[seed])[0]
+    parsed = parse(gen.text)
+    status = "empty" if not gen.text.strip() else ("ok" if parsed is not None else "unparseable")
+    return {"raw": gen.text, "parsed": parsed, "status": status, "finish_reason": gen.finish_reason,
+            "n_prompt_tokens": gen.n_prompt_tokens, "n_tokens": gen.n_tokens, **gen.meta}
+
+
+# --- SynTR pseudo-queries ---------------------------------------------------------------------------------------
+QUERY_PARAMS = GenParams(max_new_tokens=48, temperature=1.0, top_p=0.9)  # SynTR: top_p 0.9, temperature 1.0
+
+
+def pseudo_queries(backend: Backend, store: SynthStore, pages: Sequence[Page], *, n: int = 3, kind: str = "general",
+                   params: GenParams = QUERY_PARAMS, seed: int = 42, max_samples: int | None = None,
+                   progress: bool = True) -> tuple[dict[str, list[str]], Report]:
+    """Up to ``n`` distinct queries per page. Empty, unparseable and duplicate samples are dropped and counted; more
+    samples are drawn (up to ``max_samples``, default 2n) until a page has n distinct queries."""
+    if kind not in ("specific", "general"):
+        raise ValueError(f"kind must be 'specific' or 'general', not {kind!r}")
+    max_samples = max_samples or 2 * n
+    backend.prepare(pages)
+    queries: dict[str, list[str]] = {p.id: [] for p in pages}
+    seen: dict[str, set[str]] = {p.id: set() for p in pages}
+    total = Report("queries")
+    next_sample = {p.id: 0 for p in pages}
+    want = {p.id: n for p in pages}
+    while want:
+        jobs = []
+        for page in pages:
+            for sample in range(next_sample[page.id], next_sample[page.id] + want.get(page.id, 0)):
+                template = prompts.QUERY_TEMPLATES[(kind, _variant(backend, page))]
+                p = params if backend.instruct else params.model_copy(update={"stop": ("\n",)})
+                s = derive_seed(seed, page.id, sample)
+                prompt = Prompt.of(template, [page])
+                jobs.append(Job({"prompt_id": template.id, "inputs": {"page": page.id}, "params": p.model_dump(),
+                                 "seed": s, "sample": sample},
+                                lambda prompt=prompt, p=p, s=s: _gen_result(backend, prompt, p, s,
+                                                                            parsing.clean_query)))
+        records, report = run_jobs("queries", backend, store, jobs, progress=progress)
+        _merge(total, report)
+        for page_id in want:
+            next_sample[page_id] += want[page_id]
+        for record in records:
+            page_id, query = record["inputs"]["page"], record.get("parsed")
+            if record["status"] != "ok" or not query:
+                continue
+            key = parsing.query_key(query)
+            if key in seen[page_id]:
+                total.notes["duplicates"] = total.notes.get("duplicates", 0) + 1
+                continue
+            if len(queries[page_id]) >= n:
+                continue
+            seen[page_id].add(key)
+            queries[page_id].append(query)
+        want = {pid: n - len(qs) for pid, qs in queries.items()
+                if len(qs) < n and next_sample[pid] < max_samples}
+        want = {pid: min(k, max_samples - next_sample[pid]) for pid, k in want.items()}
+    total.notes["pages_short_of_n"] = sum(1 for qs in queries.values() if len(qs) < n)
+    return queries, total
+
+
+def _merge(total: Report, report: Report) -> None:
+    total.calls += report.calls
+    total.new += report.new
+    total.reused += report.reused
+    total.statuses.update(report.statuses)
+
+
+# --- judges -----------------------------------------------------------------------------------------------------
+JUDGE_PARAMS = GenParams(max_new_tokens=12, temperature=0.0, top_p=1.0)  # SynTR judges greedily
+
+
+def judge_graded(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *, params: GenParams = JUDGE_PARAMS,
+                 progress: bool = True) -> tuple[list[str | None], Report]:
+    """SynTR's three-level label per item: "highly", "somewhat", "not", or None (unparseable, counted)."""
+    backend.prepare([it.page for it in items])
+    p = params if backend.instruct else params.model_copy(update={"stop": ("\n",)})
+    jobs = []
+    for it in items:
+        template = prompts.GRADED_TEMPLATES[_variant(backend, it.page)]
+        prompt = Prompt.of(template, [it.page], query=it.query)
+        jobs.append(Job({"prompt_id": template.id, "inputs": {"query": it.query_id, "page": it.page.id},
+                         "params": p.model_dump(), "seed": 0, "sample": 0},
+                        lambda prompt=prompt: _gen_result(backend, prompt, p, 0, parsing.parse_grade)))
+    records, report = run_jobs("judge_graded", backend, store, jobs, progress=progress)
+    return [r.get("parsed") for r in records], report
+
+
+def _yes_probability(backend: Backend, prompt: Prompt) -> dict[str, Any]:
+    choice = backend.next_token_logprobs(prompt, ["yes", "no"])
+    lp_yes, lp_no = choice.logprobs["yes"], choice.logprobs["no"]
+    if lp_yes == -math.inf and lp_no == -math.inf:  # neither answer among the tokens the backend could see
+        return {"raw": choice.meta.get("top", ""), "parsed": None, "status": "unparseable", **choice.meta}
+    top = max(lp_yes, lp_no)
+    p_yes = math.exp(lp_yes - top) / (math.exp(lp_yes - top) + math.exp(lp_no - top))
+    return {"raw": {"yes": lp_yes, "no": lp_no}, "parsed": p_yes, "status": "ok", **choice.meta}
+
+
+def _yesno_jobs(backend: Backend, items: Sequence[JudgeItem]) -> list[Job]:
+    jobs = []
+    for it in items:
+        template = prompts.YESNO_TEMPLATES["chat" if backend.instruct else "fewshot"]
+        prompt = Prompt.of(template, [it.page], query=it.query)
+        jobs.append(Job({"prompt_id": template.id, "inputs": {"query": it.query_id, "page": it.page.id},
+                         "params": {"next_token": ["yes", "no"]}, "seed": 0, "sample": 0},
+                        lambda prompt=prompt: _yes_probability(backend, prompt)))
+    return jobs
+
+
+def judge_yesno(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *,
+                progress: bool = True) -> tuple[list[float | None], Report]:
+    """P(yes) / (P(yes) + P(no)) for the next token after the relevance question; None when unreadable."""
+    backend.prepare([it.page for it in items])
+    records, report = run_jobs("judge_yesno", backend, store, _yesno_jobs(backend, items), progress=progress)
+    return [r.get("parsed") for r in records], report
+
+
+def _ql_job(backend: Backend, template: prompts.Template, query_id: str, query: str, page: Page | None) -> Job:
+    prompt = Prompt.of(template, [page] if page is not None else [])
+
+    def call() -> dict[str, Any]:
+        s = backend.score([prompt], [" " + query.strip()])[0]
+        return {"raw": {"sum_logprob": s.sum_logprob, "n_tokens": s.n_tokens}, "parsed": s.mean_logprob,
+                "status": "ok", **s.meta}
+
+    inputs = {"query": query_id} if page is None else {"query": query_id, "page": page.id}
+    return Job({"prompt_id": template.id, "inputs": inputs, "params": {"score": "mean_logprob"}, "seed": 0,
+                "sample": 0}, call)
+
+
+def judge_query_likelihood(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *, pmi: bool = False,
+                           progress: bool = True) -> tuple[list[float], Report]:
+    """Mean log-probability of the query's tokens given the page (no instruction: a plain language-model score).
+
+    ``pmi``: minus the same without the page (one extra call per distinct query). Ranking pages for one query is
+    unchanged; scores of different queries become comparable (an easy-to-predict query no longer scores high on
+    every page), which a pointwise relevance threshold needs.
+    """
+    backend.prepare([it.page for it in items])
+    jobs = [_ql_job(backend, prompts.QUERY_LIKELIHOOD, it.query_id, it.query, it.page) for it in items]
+    records, report = run_jobs("judge_ql", backend, store, jobs, progress=progress)
+    values = [r["parsed"] for r in records]
+    if pmi:
+        queries = dict((it.query_id, it.query) for it in items)
+        prior_jobs = [_ql_job(backend, prompts.QUERY_PRIOR, qid, q, None) for qid, q in queries.items()]
+        priors, prior_report = run_jobs("judge_ql_prior", backend, store, prior_jobs, progress=progress)
+        _merge(report, prior_report)
+        prior = {r["inputs"]["query"]: r["parsed"] for r in priors}
+        values = [v - prior[it.query_id] for v, it in zip(values, items, strict=True)]
+    return values, report
+
+
+def judge_pairwise(backend: Backend, store: SynthStore, items: Sequence[PairItem], *,
+                   progress: bool = True) -> tuple[list[float | None], Report]:
+    """P(a is the better page/passage), asked in both orders and averaged: small models favour the first position,
+    and averaging cancels that bias. None when neither order could be read."""
+    backend.prepare([p for it in items for p in (it.a, it.b)])
+    template = prompts.PAIRWISE_TEMPLATES["chat" if backend.instruct else "fewshot"]
+    jobs = []
+    for it in items:
+        for first, second in ((it.a, it.b), (it.b, it.a)):
+            prompt = Prompt.of(template, [first, second], query=it.query)
+
+            def call(prompt: Prompt = prompt) -> dict[str, Any]:
+                choice = backend.next_token_logprobs(prompt, ["1", "2"])
+                lp1, lp2 = choice.logprobs["1"], choice.logprobs["2"]
+                if lp1 == -math.inf and lp2 == -math.inf:
+                    return {"raw": choice.meta.get("top", ""), "parsed": None, "status": "unparseable", **choice.meta}
+                top = max(lp1, lp2)
+                p_first = math.exp(lp1 - top) / (math.exp(lp1 - top) + math.exp(lp2 - top))
+                return {"raw": {"1": lp1, "2": lp2}, "parsed": p_first, "status": "ok", **choice.meta}
+
+            jobs.append(Job({"prompt_id": template.id,
+                             "inputs": {"query": it.query_id, "first": first.id, "second": second.id},
+                             "params": {"next_token": ["1", "2"], "temperature": 0}, "seed": 0, "sample": 0}, call))
+    records, report = run_jobs("judge_pairwise", backend, store, jobs, progress=progress)
+    prefs: list[float | None] = []
+    bias = []
+    for ab, ba in zip(records[0::2], records[1::2], strict=True):
+        p_ab, p_ba = ab.get("parsed"), ba.get("parsed")
+        readable = [v for v in (p_ab, 1 - p_ba if p_ba is not None else None) if v is not None]
+        prefs.append(sum(readable) / len(readable) if readable else None)
+        if p_ab is not None and p_ba is not None:
+            bias.append((p_ab + p_ba) / 2)  # 0.5 when the model ignores position; 1.0 when it always says "first"
+    if bias:
+        report.notes["mean_p_first_x1000"] = round(1000 * sum(bias) / len(bias))
+    return prefs, report
+
+
+# --- Syntriever -------------------------------------------------------------------------------------------------
+SYNTRIEVER_PARAMS = GenParams(max_new_tokens=256, temperature=0.7, top_p=1.0)  # Syntriever: temperature 0.7
+
+
+@dataclass
+class SyntrieverSample:
+    query_id: str
+    query: str
+    positives: list[str] = field(default_factory=list)  # generated relevant passages the model verified
+    negatives: list[str] = field(default_factory=list)  # plausibly irrelevant passages + positives it rejected
+    cot: str | None = None  # the chain-of-thought query augmentation
+
+
+def syntriever_synthesis(backend: Backend, store: SynthStore, queries: dict[str, str], *,
+                         params: GenParams = SYNTRIEVER_PARAMS, seed: int = 0, verify: bool = True,
+                         progress: bool = True) -> tuple[list[SyntrieverSample], list[Report]]:
+    """Relevant passage, plausibly irrelevant passage and chain-of-thought augmentation per query, then
+    self-verification of the GENERATED relevant passage (yes keeps it as a positive, no moves it to the negatives)."""
+    variant = "chat" if backend.instruct else "fewshot"
+    p = params if backend.instruct else params.model_copy(update={"stop": ("\n\n", "Question:")})
+    jobs = []
+    for what in ("relevant", "irrelevant", "cot"):
+        template = prompts.SYNTRIEVER_TEMPLATES[(what, variant)]
+        for qid, text in queries.items():
+            s = derive_seed(seed, qid, what)
+            prompt = Prompt.of(template, query=text)
+            jobs.append(Job({"prompt_id": template.id, "inputs": {"query": qid, "what": what},
+                             "params": p.model_dump(), "seed": s, "sample": 0},
+                            lambda prompt=prompt, s=s: _gen_result(backend, prompt, p, s, parsing.clean_passage)))
+    records, report = run_jobs("syntriever", backend, store, jobs, progress=progress)
+    by = {(r["inputs"]["query"], r["inputs"]["what"]): r.get("parsed") for r in records}
+    samples = [SyntrieverSample(qid, text, cot=by[(qid, "cot")]) for qid, text in queries.items()]
+    reports = [report]
+    verify_items = [JudgeItem(s.query_id, s.query, Page(id=f"{s.query_id}:relevant", text=by[(s.query_id, "relevant")]))
+                    for s in samples if by[(s.query_id, "relevant")]]
+    verdicts: dict[str, float | None] = {}
+    if verify and verify_items:
+        p_yes, vreport = self_verify(backend, store, verify_items, progress=progress)
+        verdicts = {it.query_id: v for it, v in zip(verify_items, p_yes, strict=True)}
+        reports.append(vreport)
+    for s in samples:
+        relevant, irrelevant = by[(s.query_id, "relevant")], by[(s.query_id, "irrelevant")]
+        if relevant:
+            verdict = verdicts.get(s.query_id)
+            # Unverified (verify off, or an unreadable verdict) keeps the passage: the model wrote it as relevant.
+            (s.negatives if verdict is not None and verdict < 0.5 else s.positives).append(relevant)
+        if irrelevant:
+            s.negatives.append(irrelevant)
+    return samples, reports
+
+
+def self_verify(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *,
+                progress: bool = True) -> tuple[list[float | None], Report]:
+    """Syntriever's self-verification: P(yes) that a generated passage (item.page.text) is relevant to its query."""
+    records, report = run_jobs("self_verify", backend, store, _yesno_jobs(backend, items), progress=progress)
+    return [r.get("parsed") for r in records], report
