@@ -47,13 +47,17 @@ def recipe_config(variant: Variant, config: dict[str, Any], where: str) -> BaseM
         raise ConfigError(format_errors(exc, where)) from None
 
 
-def training_corpus(task: AbsTask) -> TrainingCorpus:
-    """The pages of a task's corpus, and nothing else: no queries, no qrels."""
+def training_corpus(task: AbsTask, with_queries: bool = False) -> TrainingCorpus:
+    """The pages of a task's corpus, and nothing else: no queries, no qrels. ``with_queries`` (a BEIR folder named
+    with an explicit training ``split``, see ``train_split_queries``) adds that split's queries and qrels."""
     if isinstance(task, BeirFolderTask):
         docs = task.data.corpus
         pages = [Page(doc_id, image=Image.open(d["image"]) if d["image"] else None,
                       text=" ".join(x for x in (d["title"], d["text"]) if x) or None)
                  for doc_id, d in docs.items()]
+        if with_queries:
+            return TrainingCorpus(f"{task.metadata.name}-{task.split}", pages, dict(task.data.queries),
+                                  {q: dict(r) for q, r in task.data.qrels.items()})
         return TrainingCorpus(task.metadata.name, pages)
     task.load_data()
     pages = []
@@ -64,15 +68,30 @@ def training_corpus(task: AbsTask) -> TrainingCorpus:
     return TrainingCorpus(task.metadata.name, pages)
 
 
+def train_split_queries(vspec: VariantSpec, train_task: AbsTask | None, eval_tasks: list[AbsTask],
+                        where: str) -> bool:
+    """Whether the recipe gets the training corpus's queries and qrels: only for ``train_corpus: {path: FOLDER,
+    split: SPLIT}`` (the split named explicitly), and never when an evaluated task reads the same folder and split."""
+    spec = vspec.train_corpus
+    if not (isinstance(spec, dict) and "split" in spec and isinstance(train_task, BeirFolderTask)):
+        return False
+    for task in eval_tasks:
+        if isinstance(task, BeirFolderTask) and task.split == train_task.split \
+                and task.folder.resolve() == train_task.folder.resolve():
+            raise ConfigError(f"{where}.train_corpus: split {train_task.split!r} of {train_task.folder} is also "
+                              "evaluated: train on another split")
+    return True
+
+
 def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpec, train_task: AbsTask | None,
-                *, where: str, backbone_where: str, checkpoints: Path) -> HarnessEncoder:
+                *, where: str, backbone_where: str, checkpoints: Path, with_queries: bool = False) -> HarnessEncoder:
     """Train (if the variant trains) on the training corpus, then wrap the result for mteb."""
     backbone = make_backbone(backbone_spec, backbone_where)
     cache = EmbeddingCache(cache_root() / "embeddings", "")
     config = recipe_config(variant, vspec.config, f"{where}.config")
     checkpoint = None
     if getattr(variant.recipe, "TRAINS", True) and train_task is not None:
-        corpus = training_corpus(train_task)
+        corpus = training_corpus(train_task, with_queries)
         key = hashlib.sha256(json.dumps([backbone.fingerprint(), config.model_dump(mode="json"), corpus.name],
                                         sort_keys=True, default=str).encode()).hexdigest()[:12]
         out_dir = checkpoints / variant.name / backbone.describe() / f"{corpus.name}-{key}"
@@ -107,11 +126,13 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
                 groups = [(task, [task]) for task in tasks]
             for train_task, eval_tasks in groups:
                 set_seed(config.seed)
+                with_queries = train_split_queries(vspec, train_task, eval_tasks, f"variants.{vi}")
                 encoder = build_model(variant, bspec, vspec, train_task, where=f"variants.{vi}",
                                       backbone_where=f"backbones.{bi}",
-                                      checkpoints=results_dir.parent / "checkpoints")
+                                      checkpoints=results_dir.parent / "checkpoints", with_queries=with_queries)
                 outcomes += evaluate_model(
-                    encoder, eval_tasks, results_dir, variant=variant.name,
+                    # a variant may name its rows itself (syntriever: one row per number of stages trained)
+                    encoder, eval_tasks, results_dir, variant=getattr(encoder, "variant_label", None) or variant.name,
                     backbone={"family": encoder.model.family, "tag": encoder.model.describe(),
                               "config": encoder.model.config.model_dump(mode="json"), "index": bi},
                     run_config={"run": config.name, "variant_config": vspec.config,
