@@ -1,0 +1,217 @@
+"""ColIntern's projection heads over a frozen backbone, and the backbone wrapper evaluation encodes with.
+
+Frozen token states (``Featurizer``):
+- ``ocr-text``: the text encoder's last hidden states; queries as the backbone tokenises them, pages as its OCR
+  text chunks (the tokens of every chunk of a page, in order). Both sides go through the text encoder; the
+  query head and the page head are separate, as the seed's text and vision heads are.
+- ``colpali`` / ``tiny``: queries = the language model's last hidden state (the input of the checkpoint's own
+  ``custom_text_proj``, captured by a hook), pages = the vision features (vision tower + merger/projector, not
+  through the language model), as the seed does.
+
+Heads: ``Linear(hidden, dim, bias=False)`` per side, init N(0, 0.02); outputs L2-normalised, scored by MaxSim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.backbones import Backbone, Page
+from harness.backbones.base import Trainable, _to_device
+
+HEADS_FILE, HEADS_CONFIG = "heads.pt", "colintern.json"
+
+
+class Featurizer:
+    """Frozen token states, one [T_i, H] matrix per item (real tokens only)."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self.kind = "ocr-text" if backbone.family == "ocr-text" else "colpali"
+        if self.kind == "colpali":
+            self._text_proj = next((m for n, m in backbone.model.named_modules()
+                                    if n.rsplit(".", 1)[-1] == "custom_text_proj"), None)
+            if self._text_proj is None:
+                raise ValueError(f"{backbone.describe()}: no custom_text_proj, cannot find the language model "
+                                 "states (a Bi* model pools them away): use a Col* model")
+
+    @property
+    def query_dim(self) -> int:
+        if self.kind == "ocr-text":
+            return self.backbone.encoder.config.hidden_size
+        return self._text_proj.in_features
+
+    @torch.no_grad()
+    def queries(self, texts: Sequence[str], batch_size: int = 32) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for start in range(0, len(texts), batch_size):
+            inputs = _to_device(self.backbone.query_inputs(texts[start : start + batch_size]), self.backbone.device)
+            mask = inputs["attention_mask"].bool()
+            if self.kind == "ocr-text":
+                states = self.backbone._token_states(inputs["input_ids"], inputs["attention_mask"])
+            else:
+                states = self._lm_states(inputs)
+            out.extend(s[m].float().cpu() for s, m in zip(states, mask, strict=True))
+        return out
+
+    def _lm_states(self, inputs: dict[str, Any]) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        handle = self._text_proj.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+        try:
+            self.backbone._forward(inputs)
+        finally:
+            handle.remove()
+        return seen[-1]
+
+    @torch.no_grad()
+    def pages(self, pages: Sequence[Page], batch_size: int = 8) -> list[torch.Tensor]:
+        self.backbone.prefetch(pages)
+        out: list[torch.Tensor] = []
+        for start in range(0, len(pages), batch_size):
+            batch = pages[start : start + batch_size]
+            if self.kind == "ocr-text":
+                out.extend(self._ocr_pages(batch))
+            else:
+                out.extend(self._vision_pages(batch))
+        return out
+
+    def _ocr_pages(self, pages: Sequence[Page]) -> list[torch.Tensor]:
+        bb = self.backbone
+        inputs = bb.text_inputs(bb.page_texts(pages))
+        ids, attention = inputs["input_ids"].to(bb.device), inputs["attention_mask"].to(bb.device)
+        states = bb._token_states(ids, attention).float().cpu()
+        mask, owner = attention.bool().cpu(), inputs["owner"]
+        return [states[owner == i][mask[owner == i]] for i in range(inputs["n_items"])]
+
+    def _vision_pages(self, pages: Sequence[Page]) -> list[torch.Tensor]:
+        bb = self.backbone
+        inputs = _to_device(bb.page_inputs(pages), bb.device)
+        core = bb.model.get_base_model() if hasattr(bb.model, "get_base_model") else bb.model
+        pixels = inputs["pixel_values"]
+        if hasattr(core, "visual"):  # Qwen2-VL family: patches padded per image by colpali's processor
+            grid = inputs["image_grid_thw"]
+            offsets = (grid[:, 1] * grid[:, 2]).tolist()
+            pixels = torch.cat([p[:n] for p, n in zip(pixels, offsets, strict=True)])
+            feats = core.get_image_features(pixels, image_grid_thw=grid).pooler_output
+        else:  # PaliGemma family: ColPali.model is PaliGemmaForConditionalGeneration
+            inner = getattr(core, "model", core)
+            inner = getattr(inner, "model", inner) if not hasattr(inner, "get_image_features") else inner
+            feats = inner.get_image_features(pixels).pooler_output
+        return [f.float().cpu() for f in feats]
+
+
+class Heads(torch.nn.Module):
+    def __init__(self, query_dim: int, page_dim: int, dim: int = 128) -> None:
+        super().__init__()
+        self.query_head = torch.nn.Linear(query_dim, dim, bias=False)
+        self.page_head = torch.nn.Linear(page_dim, dim, bias=False)
+        for head in (self.query_head, self.page_head):
+            torch.nn.init.normal_(head.weight, mean=0.0, std=0.02)
+
+    def spec(self) -> dict[str, int]:
+        return {"query_dim": self.query_head.in_features, "page_dim": self.page_head.in_features,
+                "dim": self.query_head.out_features}
+
+    def project(self, states: Sequence[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T_i, H] states -> (L2-normalised [B, T, dim] with zero padding, mask [B, T])."""
+        head = self.query_head if side == "query" else self.page_head
+        width = max(len(s) for s in states)
+        x = states[0].new_zeros(len(states), width, states[0].shape[-1])
+        mask = torch.zeros(len(states), width, dtype=torch.bool)
+        for i, s in enumerate(states):
+            x[i, : len(s)] = s
+            mask[i, : len(s)] = True
+        x, mask = x.to(head.weight.device), mask.to(head.weight.device)
+        return F.normalize(head(x), dim=-1) * mask.unsqueeze(-1), mask
+
+    def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (HEADS_FILE + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(folder / HEADS_FILE)
+        (folder / HEADS_CONFIG).write_text(json.dumps({**self.spec(), **(extra or {})}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple[Heads, dict[str, Any]]:
+        folder = Path(folder)
+        meta = json.loads((folder / HEADS_CONFIG).read_text())
+        heads = cls(meta["query_dim"], meta["page_dim"], meta["dim"])
+        heads.load_state_dict(torch.load(folder / HEADS_FILE, map_location="cpu", weights_only=True), strict=True)
+        return heads, meta
+
+
+def maxsim_matrix(q: torch.Tensor, qmask: torch.Tensor, p: torch.Tensor, pmask: torch.Tensor) -> torch.Tensor:
+    """Differentiable masked MaxSim: q [Q, Tq, D], p [P, Tp, D] -> [Q, P], averaged over real query tokens."""
+    sim = torch.einsum("qtd,psd->qpts", q, p).masked_fill(~pmask[None, :, None, :], float("-inf"))
+    best = sim.amax(-1).masked_fill(~qmask[:, None, :], 0.0)
+    return best.sum(-1) / qmask.sum(-1, keepdim=True).clamp(min=1)
+
+
+def own_maxsim(q: torch.Tensor, qmask: torch.Tensor, p: torch.Tensor, pmask: torch.Tensor) -> torch.Tensor:
+    """Each query against its own pages only: q [B, Tq, D], p [B, N, Tp, D] -> [B, N] (as ``maxsim_matrix``)."""
+    sim = torch.einsum("btd,bnsd->bnts", q, p).masked_fill(~pmask[:, :, None, :], float("-inf"))
+    best = sim.amax(-1).masked_fill(~qmask[:, None, :], 0.0)
+    return best.sum(-1) / qmask.sum(-1, keepdim=True).clamp(min=1)
+
+
+class ColInternBackbone(Backbone):
+    """A frozen backbone with ColIntern heads: the same tag and config as the backbone, its own fingerprint."""
+
+    def __init__(self, inner: Backbone, heads: Heads) -> None:
+        super().__init__(inner.config)
+        self.inner = inner
+        self.heads = heads
+        self.family = inner.family
+        self.config_class = inner.config_class
+        self.featurizer = Featurizer(inner)
+
+    @property
+    def _ocr(self) -> Any:  # the runner counts OCR work through this attribute
+        return getattr(self.inner, "_ocr", None)
+
+    def query_inputs(self, texts: Sequence[str]) -> dict[str, Any]:
+        return {"texts": list(texts)}
+
+    def page_inputs(self, pages: Sequence[Page]) -> dict[str, Any]:
+        return {"pages": list(pages)}
+
+    def forward_queries(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads.project(self.featurizer.queries(inputs["texts"]), "query")
+
+    def forward_pages(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads.project(self.featurizer.pages(inputs["pages"]), "page")
+
+    def prefetch(self, pages: Sequence[Page]) -> None:
+        self.inner.prefetch(pages)
+
+    def trainable(self) -> Trainable:
+        return Trainable(lora_targets=[], heads={"query_head": self.heads.query_head,
+                                                 "page_head": self.heads.page_head})
+
+    def save(self, path: Path) -> None:
+        self.inner.save(Path(path) / "backbone")
+        self.heads.save(Path(path))
+
+    @classmethod
+    def load(cls, path: Path) -> ColInternBackbone:
+        from harness.backbones import load_backbone
+
+        heads, _ = Heads.load(Path(path))
+        return cls(load_backbone(Path(path) / "backbone"), heads)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(b"colintern")
+        h.update(self.inner.fingerprint().encode())
+        for name, tensor in sorted(self.heads.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> str:
+        return self.inner.describe()
