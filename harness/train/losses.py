@@ -30,15 +30,17 @@ def make_loss(name: str, **kwargs: Any) -> LossFn:
         # below -1e-3 (common for text encoders, whose cosines can be negative) unless told the real bounds.
         kwargs.setdefault("norm_tol", 1.0)
         cls = li.ColbertPairwiseNegativeCELoss if name == "colbert_pairwise_negative" else li.ColbertNegativeCELoss
-        loss = cls(**kwargs)
-        return lambda q, pos, neg: loss(q, pos, neg)
+        loss, alone = cls(**kwargs), cls(**{**kwargs, "in_batch_term_weight": 0.0})
+        # A batch of one example (the last one, or a tiny validation split) has no in-batch negatives: the
+        # in-batch term would ask colpali-engine for the top 2 of 1 score; use the explicit negatives only.
+        return lambda q, pos, neg: (loss if q.shape[0] > 1 else alone)(q, pos, neg)
     cls = bi.BiPairwiseNegativeCELoss if name == "bi_pairwise_negative" else bi.BiNegativeCELoss
-    loss = cls(**kwargs)
+    loss, alone = cls(**kwargs), cls(**{**kwargs, "in_batch_term_weight": 0.0})
 
     def single(q: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         if q.shape[1] != 1 or pos.shape[1] != 1 or neg.shape[2] != 1:
             raise ValueError(f"{name} needs one vector per query and page (a pooled, unchunked backbone); got "
                              f"{q.shape[1]} / {pos.shape[1]} / {neg.shape[2]}: use a colbert_* loss")
-        return loss(q[:, 0], pos[:, 0], neg[:, :, 0])
+        return (loss if q.shape[0] > 1 else alone)(q[:, 0], pos[:, 0], neg[:, :, 0])
 
     return single
