@@ -26,22 +26,10 @@ from harness.evaluate.significance import holm
 from harness.report import board as board_mod
 from harness.report import browser, costs
 from harness.report.results import collect
+from test_cli_and_leaderboard import CUSTOM_MODEL
 
-TRAINED_MODEL = '''
-from harness.evaluate.encoder import HarnessEncoder, make_meta
-
-
-class PrefixedEncoder(HarnessEncoder):
-    def encode(self, inputs, **kwargs):
-        if kwargs.get("prompt_type") is not None and kwargs["prompt_type"].value == "query":
-            inputs = [{**b, "text": ["query: " + t for t in b["text"]]} for b in inputs]
-        return super().encode(inputs, **kwargs)
-
-
-def load_model(backbone, checkpoint=None, cache=None):
-    meta = make_meta(f"prefixed/{backbone.describe()}", backbone.fingerprint() + "-p", backbone)
-    return PrefixedEncoder(backbone, meta, cache)
-'''
+# The same prefixed-query wrapper as the custom variant of test_cli_and_leaderboard, trained here.
+TRAINED_MODEL = CUSTOM_MODEL
 
 TRAINED_RECIPE = '''
 import json
