@@ -1,6 +1,6 @@
 """The transformers backend on tiny random real-architecture models built from config (no download): a text LLM
 from a folder and a Qwen2.5-VL from a folder that sees page images. Outputs mean nothing; the code paths are real.
-(Loading the packaged GGUF through transformers is measured by benchmarks/synth_throughput.py --hf.)"""
+(The packaged GGUF through transformers: test_synth_hf_gguf.py; its speed: benchmarks/synth_throughput.py --hf.)"""
 
 from __future__ import annotations
 

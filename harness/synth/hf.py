@@ -157,11 +157,13 @@ class HFBackend:
             out.append(Generation(text, meta["n_prompt_tokens"], len(ids), finish, meta))
         return out
 
-    def _logprobs(self, enc: dict[str, Any]) -> Any:
+    def _logprobs(self, enc: dict[str, Any], keep: int) -> Any:
+        """Log-probabilities at the last ``keep`` positions only: Gemma 3's 262k-token output layer over every
+        prompt position would cost more than the rest of the model."""
         import torch
 
         with torch.no_grad():
-            logits = self.net(**enc).logits[0].float()
+            logits = self.net(**enc, logits_to_keep=keep).logits[0, -keep:].float()
         return torch.log_softmax(logits, dim=-1)
 
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Score]:
@@ -173,14 +175,14 @@ class HFBackend:
             n = ids.shape[0] - n_prompt
             if n <= 0:
                 raise BackendError("cannot score an empty continuation")
-            logp = self._logprobs(full)
-            picked = logp[n_prompt - 1:-1].gather(1, ids[n_prompt:, None])[:, 0]
+            logp = self._logprobs(full, keep=n + 1)  # rows for positions n_prompt - 1 ... end
+            picked = logp[:-1].gather(1, ids[n_prompt:, None])[:, 0]
             out.append(Score(float(picked.sum()), n, meta))
         return out
 
     def next_token_logprobs(self, prompt: Prompt, candidates: Sequence[str]) -> Choice:
         enc, meta = self._inputs(prompt)
-        logp = self._logprobs(enc)[-1]
+        logp = self._logprobs(enc, keep=1)[-1]
         found = {}
         for cand in candidates:
             firsts = {ids[0] for v in spelling_variants(cand)

@@ -70,3 +70,9 @@ def clean_passage(raw: str) -> str | None:
     """A generated passage: stripped, None when empty or without letters."""
     text = raw.strip()
     return text if re.search(r"[^\W\d_]{2}", text) else None
+
+
+def first_paragraph(raw: str) -> str | None:
+    """A base model's passage: its text up to the first blank line, blank lines before it skipped; None when empty
+    or without letters."""
+    return clean_passage(re.split(r"\n[ \t]*\n", raw.strip(), maxsplit=1)[0])
