@@ -30,6 +30,31 @@ from models.syntriever import recipe
 from tasks.beir_folder import BeirFolderTask
 
 
+def split_fold(qrels: dict[str, dict[str, int]], doc_ids: list[str], *, folds: int, fold: int,
+               train_queries: int | None, eval_queries: int | None, corpus_sample: int | None,
+               seed: int) -> tuple[list[str], list[str], set[str] | None]:
+    """Fold ``fold`` of ``folds`` over the queries of ``qrels`` (seeded): (training query ids, held-out query ids,
+    documents to keep). Training ids are a sample of the other folds' queries, held-out ids a sample of this fold's
+    (None: all). Documents: None (the whole corpus), or every gold document of the chosen queries plus
+    ``corpus_sample`` others. Also used by syntriever_scifact_cv.py, so both benchmarks cut the same folds."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is not in 0..{folds - 1}")
+    qids = sorted(qrels)
+    random.Random(seed).shuffle(qids)
+    held = {q for i, q in enumerate(qids) if i % folds == fold}
+    rest = [q for q in qids if q not in held]
+    n_train = len(rest) if train_queries is None else min(train_queries, len(rest))
+    n_eval = len(held) if eval_queries is None else min(eval_queries, len(held))
+    train_ids = sorted(random.Random(seed + 1).sample(rest, n_train))
+    eval_ids = sorted(random.Random(seed + 2).sample(sorted(held), n_eval))
+    if corpus_sample is None:
+        return train_ids, eval_ids, None
+    gold = {d for q in train_ids + eval_ids for d in qrels[q]}
+    others = sorted(d for d in doc_ids if d not in gold)
+    keep = gold | set(random.Random(seed + 3).sample(others, min(corpus_sample, len(others))))
+    return train_ids, eval_ids, keep
+
+
 def ndcg10(backbone, pages, queries: dict[str, str], qrels: dict[str, dict[str, int]]) -> tuple[float, float]:
     t = time.perf_counter()
     docs = pad_vectors(backbone.encode_pages(pages, batch_size=32))
@@ -68,16 +93,10 @@ def main() -> None:
     data = task.data
     pages = [recipe.Page(i, text=" ".join(x for x in (d["title"], d["text"]) if x) or None)
              for i, d in data.corpus.items()]
-    qids = sorted(data.queries)
-    random.Random(args.seed).shuffle(qids)
-    fold = {q for i, q in enumerate(qids) if i % args.folds == args.fold}
-    rest = [q for q in qids if q not in fold]
-    train_ids = sorted(random.Random(args.seed + 1).sample(rest, min(args.train_queries, len(rest))))
-    eval_ids = sorted(random.Random(args.seed + 2).sample(sorted(fold), min(args.eval_queries, len(fold))))
-    if args.corpus_sample is not None:
-        gold = {d for q in train_ids + eval_ids for d in data.qrels[q]}
-        others = sorted(p.id for p in pages if p.id not in gold)
-        keep = gold | set(random.Random(args.seed + 3).sample(others, min(args.corpus_sample, len(others))))
+    train_ids, eval_ids, keep = split_fold(data.qrels, [p.id for p in pages], folds=args.folds, fold=args.fold,
+                                           train_queries=args.train_queries, eval_queries=args.eval_queries,
+                                           corpus_sample=args.corpus_sample, seed=args.seed)
+    if keep is not None:
         pages = [p for p in pages if p.id in keep]
     corpus = TrainingCorpus(f"{task.metadata.name}-{args.split}-cv{args.folds}.{args.fold}", pages,
                             {q: data.queries[q] for q in train_ids}, {q: dict(data.qrels[q]) for q in train_ids})

@@ -1,0 +1,146 @@
+"""SciFact leaderboard rows by cross-validation on the TRAINING split, through ``harness run`` and the unchanged
+models/syntriever/scifact.yaml (SciFact's test qrels are held back).
+
+Builds fold ``--fold`` of ``--folds`` as a BEIR folder under ``--out`` (the same seeded folds as
+benchmarks/syntriever_scifact.py, via its ``split_fold``):
+
+    <out>/scifact-cv<K>-fold<k>/corpus.jsonl     the corpus (a symlink), or a seeded subsample (--corpus-sample)
+                               /queries.jsonl    the queries of both splits below
+                               /qrels/train.tsv  the other folds' queries: what the recipe trains on
+                               /qrels/test.tsv   this fold's queries: what is evaluated
+
+then writes <out>/scifact-cv<K>-fold<k>.yaml: scifact.yaml with its task and every ``train_corpus`` pointed at that
+folder (test and train splits: `harness run` refuses to train on an evaluated split), ``--set`` values applied to the
+syntriever variants' configs and ``--max-stages`` dropping the variants that train more stages. ``--run`` runs it
+(results in ``--results``, checkpoints beside them). A full fold (the config's 100 training queries, both stages):
+
+    python benchmarks/syntriever_scifact_cv.py /work/shared/data/scifact_train --out /tmp/scifact_cv --fold 0 --run
+
+A quick end-to-end check:
+
+    python benchmarks/syntriever_scifact_cv.py /work/shared/data/scifact_train --out /tmp/scifact_cv_tiny \\
+        --eval-queries 8 --corpus-sample 40 --set max_queries=4 --set epochs=1 --max-stages 1 --run \\
+        --results /tmp/scifact_cv_tiny/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from syntriever_scifact import split_fold  # noqa: E402  (the benchmarks folder is not a package)
+
+CONFIG = Path(__file__).resolve().parent.parent / "models" / "syntriever" / "scifact.yaml"
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    for line in path.read_text().splitlines()[1:]:
+        if line.strip():
+            q, d, s = line.split("\t")
+            qrels.setdefault(q, {})[d] = int(s)
+    return qrels
+
+
+def write_qrels(path: Path, qrels: dict[str, dict[str, int]], ids: list[str]) -> None:
+    rows = [f"{q}\t{d}\t{s}" for q in ids for d, s in sorted(qrels[q].items())]
+    path.write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n")
+
+
+def build_fold(source: Path, out: Path, *, folds: int, fold: int, train_queries: int | None,
+               eval_queries: int | None, corpus_sample: int | None, seed: int) -> tuple[Path, dict[str, Any]]:
+    """Write the fold's BEIR folder; return it and a summary (also written to its fold.json)."""
+    qrels = read_qrels(source / "qrels" / "train.tsv")
+    doc_ids = [json.loads(line)["_id"] for line in (source / "corpus.jsonl").read_text().splitlines() if line]
+    train_ids, eval_ids, keep = split_fold(qrels, doc_ids, folds=folds, fold=fold, train_queries=train_queries,
+                                           eval_queries=eval_queries, corpus_sample=corpus_sample, seed=seed)
+    folder = out / f"scifact-cv{folds}-fold{fold}"
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.jsonl"
+    corpus.unlink(missing_ok=True)
+    if keep is None:
+        corpus.symlink_to((source / "corpus.jsonl").resolve())
+    else:
+        lines = (source / "corpus.jsonl").read_text().splitlines()
+        corpus.write_text("".join(x + "\n" for x in lines if x and json.loads(x)["_id"] in keep))
+    wanted = set(train_ids) | set(eval_ids)
+    queries = [x for x in (source / "queries.jsonl").read_text().splitlines() if x and json.loads(x)["_id"] in wanted]
+    (folder / "queries.jsonl").write_text("".join(x + "\n" for x in queries))
+    write_qrels(folder / "qrels" / "train.tsv", qrels, train_ids)
+    write_qrels(folder / "qrels" / "test.tsv", qrels, eval_ids)
+    summary = {"source": str(source.resolve()), "folds": folds, "fold": fold, "seed": seed,
+               "train_queries": len(train_ids), "eval_queries": len(eval_ids),
+               "corpus_docs": len(keep) if keep is not None else len(doc_ids), "corpus_sample": corpus_sample}
+    (folder / "fold.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return folder, summary
+
+
+def fold_config(base: dict[str, Any], folder: Path, *, task_name: str, overrides: dict[str, Any],
+                max_stages: int | None, results: str | None) -> dict[str, Any]:
+    """The base config with its tasks and training corpora pointed at the fold; nothing else changes."""
+    config = json.loads(json.dumps(base))  # a deep copy
+    config["name"] = f"{base['name']}-{task_name}"
+    if results:
+        config["results"] = results
+    config["tasks"] = [{"path": str(folder), "split": "test", "name": task_name}]
+    variants = []
+    for v in config["variants"]:
+        if isinstance(v, dict) and v.get("name") == "syntriever":
+            if max_stages is not None and v.get("config", {}).get("stages", 2) > max_stages:
+                continue
+            v["train_corpus"] = {"path": str(folder), "split": "train"}
+            v["config"] = {**v.get("config", {}), **overrides}
+        variants.append(v)
+    config["variants"] = variants
+    return config
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", type=Path, help="SciFact training folder (corpus.jsonl, queries.jsonl, qrels/train.tsv)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-queries", type=int, default=None,
+                    help="training queries in qrels/train.tsv (default: all of the other folds'; the config's "
+                         "max_queries subsamples them again)")
+    ap.add_argument("--eval-queries", type=int, default=None, help="held-out queries (default: all of the fold's)")
+    ap.add_argument("--corpus-sample", type=int, default=None,
+                    help="keep every gold document of the chosen queries plus this many others (default: all)")
+    ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--task-name", default=None, help="the evaluated task's name (default SciFactCV<K>Fold<k>)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="a syntriever config value for every syntriever variant")
+    ap.add_argument("--max-stages", type=int, choices=(1, 2), default=None,
+                    help="drop syntriever variants that train more stages")
+    ap.add_argument("--results", default=None, help="results folder (default: the config's)")
+    ap.add_argument("--run", action="store_true", help="run `harness run` on the written config")
+    args = ap.parse_args()
+    folder, summary = build_fold(args.source, args.out, folds=args.folds, fold=args.fold,
+                                 train_queries=args.train_queries, eval_queries=args.eval_queries,
+                                 corpus_sample=args.corpus_sample, seed=args.seed)
+    print(json.dumps(summary))
+    task_name = args.task_name or f"SciFactCV{args.folds}Fold{args.fold}"
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    config = fold_config(yaml.safe_load(args.config.read_text()), folder.resolve(), task_name=task_name,
+                         overrides=overrides, max_stages=args.max_stages, results=args.results)
+    path = args.out / f"{folder.name}.yaml"
+    path.write_text(f"# written by benchmarks/syntriever_scifact_cv.py from {args.config}\n"
+                    + yaml.safe_dump(config, sort_keys=False))
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(path)]
+    print("config:", path)
+    print("run:", " ".join(cmd))
+    if args.run:
+        sys.exit(subprocess.run(cmd).returncode)
+
+
+if __name__ == "__main__":
+    main()
