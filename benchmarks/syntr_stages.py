@@ -17,7 +17,8 @@ def main(paths: list[str]) -> int:
         print(f"{path}\n  judge {r.get('judge')}, negatives {r.get('negatives')}, prompt {r.get('prompt')}, "
               f"backend {r.get('backend', {}).get('model')}")
         print(f"  wall {r['wall_s']:.1f} s, LLM calls {r['llm_calls']}, LLM tokens {r['llm_tokens']}, "
-              f"examples {r['examples']}, steps {r.get('train_steps')}, {r.get('train_examples_per_s')} examples/s")
+              f"examples {r['examples']}, steps {r.get('train_steps')}, {r.get('train_examples_per_s')} examples/s, "
+              f"{r.get('processes', 1)} process(es)")
         for name, seconds in r.get("stages", {}).items():
             print(f"  {name:<10} {seconds:8.1f} s")
         notes = r.get("notes", {})

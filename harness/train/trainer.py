@@ -72,6 +72,22 @@ class RetrieverModel(torch.nn.Module):
         return self.loss_fn(q.float(), pos.float(), neg.float())
 
 
+# Not colpali-engine's ContrastiveTrainer (0.3.18), neither as a replacement nor as a base class: every method it adds
+# would be overridden, since its assumptions do not hold for harness backbones.
+# - compute_loss runs ``model(**inputs)`` on flat ``query_*`` / ``doc_*`` / ``neg_doc_*`` keys and feeds the raw
+#   outputs to the loss. Backbones encode through ``forward_queries`` / ``forward_pages`` (different inputs, and
+#   (vectors, mask) outputs whose padding must be zeroed first), and a pooled or chunked backbone's page inputs are
+#   not one tensor row per page.
+# - Hard negatives are detected by a ``neg_doc_input_ids`` key and reshaped by viewing every ``neg_doc_*`` tensor as
+#   [B * n_neg, ...]: page inputs without ``input_ids`` would train silently without negatives, and Qwen2-VL's
+#   ``pixel_values`` (patches of all images concatenated, with ``image_grid_thw``) cannot be viewed that way.
+# - prediction_step (the validation loss) feeds the negatives' [B, n_neg, ...] inputs to the model as they are
+#   (compute_loss flattens them to [B * n_neg, ...] and regroups the outputs) and gives queries input_ids and
+#   attention_mask only: with hard negatives, validation loss is not computed like the training loss.
+# - It keeps Trainer's saving (the whole module's state dict: the frozen base too) and has no ranking evaluation,
+#   so _save, _load_from_checkpoint and evaluate (validation nDCG@10 for model selection) stay ours anyway.
+# What it offers beyond the Trainer, gathering positives across processes for global in-batch negatives, would
+# change the loss under DDP relative to one process; the losses themselves are colpali-engine's (losses.py).
 class RetrievalTrainer(Trainer):
     def __init__(self, *args: Any, eval_pages: Sequence[Page] = (), eval_queries: dict[str, str] | None = None,
                  eval_qrels: dict[str, dict[str, int]] | None = None, **kwargs: Any) -> None:

@@ -11,6 +11,8 @@
 5. LoRA fine-tune through ``harness.train`` (validation loss for early stopping, validation nDCG@10 for the
    best checkpoint), and report nDCG@10 of the held-out test pseudo-queries before and after.
 Every model output goes to ``<out_dir>/synth.jsonl`` (SynthStore): a rerun serves them and resumes training.
+Under torchrun, rank 0 alone runs steps 1-4 and writes ``examples.jsonl``; every rank trains on those examples
+(the Trainer shards them), and rank 0 writes ``training.json``.
 
 Score judges (``ql-pmi``, the engine's default and the one that beats chance with the packaged 270M model, and
 ``ql``) give numbers, not labels: a page is "highly" relevant when it scores within ``pos_margin`` of the
@@ -23,15 +25,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page, build_backbone
-from harness.train import Example, LoraSpec, Stages, TrainSpec, rank, train_retriever, write_training_record
+from harness.train import Example, LoraSpec, Stages, TrainSpec, train_retriever, write_training_record
+from harness.train import rank as rank_pages
 from harness.train.record import TRAINING_FILE, export_backbone
 from harness.variants import TrainingCorpus
 
@@ -74,19 +80,72 @@ class Config(BaseModel):
     train: TrainSpec = Field(default_factory=TrainSpec)
 
 
+EXAMPLES_FILE, GENERATED_FILE = "examples.jsonl", "examples.done"
+
+
 def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: Path) -> Path | None:
+    """Under torchrun (or any launcher that sets WORLD_SIZE), rank 0 alone calls the LLM, ranks, judges and writes
+    ``examples.jsonl``; every rank then reads the same examples back (the Trainer's sampler shards them by index,
+    so all ranks need the same list in the same order), trains, and only rank 0 writes the record and exports."""
     out_dir = Path(out_dir)
     if (out_dir / TRAINING_FILE).is_file() and (out_dir / "final" / "trainable.safetensors").is_file():
         log.info("syntr: %s already trained; reusing it", out_dir)
         return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stages = Stages()
+    pages = {p.id: p for p in corpus.pages}
+    ids = sorted(pages)
+    rank, world = _start_processes(out_dir)
+    gen: dict[str, Any] = {}
+    with _failure_marker(out_dir, rank, world):
+        if rank == 0:
+            gen = _generate(backbone, config, out_dir, stages, pages, ids)
+        else:
+            # Polling, not a collective: generation can outlast the process group's timeout (30 minutes).
+            _wait_for(out_dir / GENERATED_FILE)
+        queries, examples, qrels = _read_examples(out_dir / EXAMPLES_FILE, pages)
+        all_pages = [pages[i] for i in ids]
+        if hasattr(backbone, "page_texts"):
+            # OCR-text backbones read a page as its OCR text: resolve it once (cached by the ranking step) instead of
+            # re-hashing every page image at every training step and evaluation. The inputs are identical.
+            texts = dict(zip(ids, backbone.page_texts(all_pages), strict=True))
+            pages = {i: Page(i, text=texts[i]) for i in ids}
+            all_pages = [pages[i] for i in ids]
+            for split_examples in examples.values():
+                for ex in split_examples:
+                    ex.positive, ex.negatives = pages[ex.positive.id], [pages[n.id] for n in ex.negatives]
+        test_q = {q: queries[q] for q in qrels["test"]}
+        val_q = {q: queries[q] for q in qrels["val"]}
+        with stages("train"):
+            result = train_retriever(backbone, examples["train"], examples["val"], out_dir, config.train,
+                                     config.lora, eval_pages=all_pages, eval_queries=val_q, eval_qrels=qrels["val"])
+        if rank != 0:
+            _wait_for(out_dir / TRAINING_FILE)  # returns with the checkpoint folder complete, as on rank 0
+            return out_dir
+        ndcg_base = _ndcg_from_lists(gen["base_lists"], qrels["test"]) if test_q else None
+        with stages("test_eval"):
+            ndcg_trained = _ndcg_from_lists(rank_pages(backbone, all_pages, test_q, 10), qrels["test"]) \
+                if test_q else None
+        with stages("export"):
+            export_backbone(backbone, out_dir / "backbone")
+        write_training_record(
+            out_dir, wall_s=stages.total(), llm_calls=gen["llm_calls"], llm_tokens=gen["llm_tokens"],
+            examples=result.examples, loss_log=result.loss_log, stages=stages.seconds, llm_calls_new=gen["llm_new"],
+            judge=config.judge, backend=gen["backend"], negatives=config.negatives, prompt=config.prompt,
+            train_examples_per_s=round(result.examples_per_s, 3), train_steps=result.steps,
+            train_epochs=result.epochs, best_checkpoint=result.best_checkpoint, val_ndcg_at_10=result.best_ndcg_at_10,
+            test_ndcg_at_10={"base": ndcg_base, "syntr": ndcg_trained}, resumed_from=result.resumed_from,
+            eval_history=result.history, processes=world, notes=gen["notes"])
+    return out_dir
+
+
+def _generate(backbone: Backbone, config: Config, out_dir: Path, stages: Stages, pages: dict[str, Page],
+              ids: list[str]) -> dict[str, Any]:
+    """Steps 1-4 (rank 0 only): queries, ranking, judging, split; writes ``examples.jsonl`` and the done marker."""
     from harness.synth.operations import QUERY_PARAMS, pseudo_queries
     from harness.synth.store import SynthStore
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stages = Stages()
     rng = random.Random(config.seed)
-    pages = {p.id: p for p in corpus.pages}
-    ids = sorted(pages)
     sampled = sorted(rng.sample(ids, min(config.pages, len(ids)))) if config.pages else ids
     notes: dict[str, Any] = {}
     with SynthStore(out_dir / "synth.jsonl") as store:
@@ -100,15 +159,13 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         notes["queries"] = {"pages": len(sampled), "queries": len(queries), **qreport.notes}
         with stages("rank"):
             ranked = rank_fused(backbone, config, [pages[i] for i in ids], queries)
-        base_lists = ranked
         with stages("judge"):
             labels, jreport = judge_queries(backend, store, config, queries, source, ranked, pages, rng)
         # Every record of this checkpoint's store is one model call made for this training (in this run or
         # an interrupted earlier one); the reports' counts include records served twice (PMI priors per round).
-        llm_calls = len(store.records)
-        llm_new = store.written
-        llm_tokens = sum(int(r.get("n_prompt_tokens") or 0) + int(r.get("n_tokens") or 0)
-                         for r in store.records.values())
+        llm = {"llm_calls": len(store.records), "llm_new": store.written,
+               "llm_tokens": sum(int(r.get("n_prompt_tokens") or 0) + int(r.get("n_tokens") or 0)
+                                 for r in store.records.values())}
         notes["judging"] = jreport
     # 4. split by source page
     with_queries = sorted({source[q] for q in labels})
@@ -117,67 +174,102 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     n_test = round(len(with_queries) * config.test_fraction)
     split_of = {pid: "val" if i < n_val else "test" if i < n_val + n_test else "train"
                 for i, pid in enumerate(with_queries)}
+    rows = {s: [{"split": s, "query_id": qid, "query": queries[qid], "positives": pos, "negatives": neg}
+                for qid, (pos, neg) in labels.items() if split_of[source[qid]] == s] for s in ("train", "val", "test")}
+    notes["split"] = {s: {"pages": sum(1 for v in split_of.values() if v == s), "queries": len(r),
+                          "examples": sum(len(x["positives"]) for x in r)} for s, r in rows.items()}
+    # Positives in judged order (the source page first): every rank rebuilds the same examples from this file.
+    _write_atomic(out_dir / EXAMPLES_FILE, "".join(json.dumps(r) + "\n" for s in rows for r in rows[s]))
+    if not rows["train"]:
+        raise RuntimeError(f"syntr: no training examples survived judging ({notes}); more pages or another judge")
+    _write_atomic(out_dir / GENERATED_FILE, json.dumps({"ok": True}))
+    return {**llm, "notes": notes, "backend": backend.describe(), "base_lists": ranked}
+
+
+def _read_examples(path: Path, pages: dict[str, Page]) -> tuple[dict[str, str], dict[str, list[Example]],
+                                                                 dict[str, dict[str, dict[str, int]]]]:
+    """``examples.jsonl`` -> queries, examples per split (one per positive) and qrels per split."""
+    queries: dict[str, str] = {}
     examples: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     qrels: dict[str, dict[str, dict[str, int]]] = {"train": {}, "val": {}, "test": {}}
-    for qid, (positives, negatives) in labels.items():
-        split = split_of[source[qid]]
-        qrels[split][qid] = {p: 1 for p in positives}
-        for j, pid in enumerate(positives):
-            examples[split].append(Example(queries[qid], pages[pid], [pages[n] for n in negatives], id=f"{qid}/{j}"))
-    notes["split"] = {k: {"pages": sum(1 for s in split_of.values() if s == k), "queries": len(qrels[k]),
-                          "examples": len(v)} for k, v in examples.items()}
-    (out_dir / "examples.jsonl").write_text("".join(
-        json.dumps({"split": s, "query_id": qid, "query": queries[qid], "positives": sorted(p),
-                    "negatives": labels[qid][1]}) + "\n" for s in qrels for qid, p in qrels[s].items()))
-    if not examples["train"]:
-        raise RuntimeError(f"syntr: no training examples survived judging ({notes}); more pages or another judge")
-    all_pages = [pages[i] for i in ids]
-    if hasattr(backbone, "page_texts"):
-        # OCR-text backbones read a page as its OCR text: resolve it once (cached by the ranking step) instead of
-        # re-hashing every page image at every training step and evaluation. The inputs are identical.
-        texts = dict(zip(ids, backbone.page_texts(all_pages), strict=True))
-        pages = {i: Page(i, text=texts[i]) for i in ids}
-        all_pages = [pages[i] for i in ids]
-        for split_examples in examples.values():
-            for ex in split_examples:
-                ex.positive, ex.negatives = pages[ex.positive.id], [pages[n.id] for n in ex.negatives]
-    test_q = {q: queries[q] for q in qrels["test"]}
-    ndcg_base = _ndcg_from_lists(base_lists, qrels["test"]) if test_q else None
-    val_q = {q: queries[q] for q in qrels["val"]}
-    with stages("train"):
-        result = train_retriever(backbone, examples["train"], examples["val"], out_dir, config.train, config.lora,
-                                 eval_pages=all_pages, eval_queries=val_q, eval_qrels=qrels["val"])
-    with stages("test_eval"):
-        ndcg_trained = _ndcg_from_lists(rank(backbone, all_pages, test_q, 10), qrels["test"]) if test_q else None
-    with stages("export"):
-        export_backbone(backbone, out_dir / "backbone")
-    write_training_record(
-        out_dir, wall_s=stages.total(), llm_calls=llm_calls, llm_tokens=llm_tokens,
-        examples=result.examples, loss_log=result.loss_log, stages=stages.seconds, llm_calls_new=llm_new,
-        judge=config.judge, backend=backend.describe(), negatives=config.negatives, prompt=config.prompt,
-        train_examples_per_s=round(result.examples_per_s, 3), train_steps=result.steps, train_epochs=result.epochs,
-        best_checkpoint=result.best_checkpoint, val_ndcg_at_10=result.best_ndcg_at_10,
-        test_ndcg_at_10={"base": ndcg_base, "syntr": ndcg_trained}, resumed_from=result.resumed_from,
-        eval_history=result.history, notes=notes)
-    return out_dir
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        qid, split = r["query_id"], r["split"]
+        queries[qid] = r["query"]
+        qrels[split][qid] = {p: 1 for p in r["positives"]}
+        negatives = [pages[n] for n in r["negatives"]]
+        for j, pid in enumerate(r["positives"]):
+            examples[split].append(Example(r["query"], pages[pid], negatives, id=f"{qid}/{j}"))
+    return queries, examples, qrels
+
+
+def _start_processes(out_dir: Path) -> tuple[int, int]:
+    """(rank, world size). Several processes: rank 0 removes a failed or interrupted run's markers, then all meet
+    (so no rank reads a stale marker). The process group is the one the Trainer reuses later (accelerate's
+    PartialState, as TrainingArguments creates it, with its default 30-minute timeout)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=1800))
+    if state.is_main_process:
+        for name in (GENERATED_FILE, TRAINING_FILE):
+            (out_dir / name).unlink(missing_ok=True)
+    state.wait_for_everyone()
+    return state.process_index, state.num_processes
+
+
+@contextmanager
+def _failure_marker(out_dir: Path, rank: int, world: int) -> Iterator[None]:
+    """A failure on rank 0 tells the waiting ranks (they poll for files, so they would otherwise wait forever
+    unless the launcher kills them)."""
+    try:
+        yield
+    except BaseException as exc:
+        if rank == 0 and world > 1:
+            _write_atomic(out_dir / GENERATED_FILE, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        raise
+
+
+def _wait_for(path: Path, poll_s: float = 1.0) -> None:
+    marker = path.parent / GENERATED_FILE
+    while not path.is_file():
+        if marker.is_file() and "error" in (payload := json.loads(marker.read_text() or "{}")):
+            raise RuntimeError(f"syntr: rank 0 failed: {payload['error']}")
+        time.sleep(poll_s)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def rank_fused(backbone: Backbone, config: Config, pages: Sequence[Page],
                queries: dict[str, str]) -> dict[str, list[tuple[str, float]]]:
     """The base backbone's ranking, or the reciprocal rank fusion (1 / (k + rank)) of it and ``rankers``."""
-    lists = [rank(backbone, pages, queries)]
+    lists = [rank_pages(backbone, pages, queries)]
     for spec in config.rankers:
         other = build_backbone(spec["family"], spec.get("config") or {}, where="syntr.rankers")
-        lists.append(rank(other, pages, queries))
+        lists.append(rank_pages(other, pages, queries))
         del other
-    if len(lists) == 1:
-        return lists[0]
+    return lists[0] if len(lists) == 1 else rrf(lists, config.rrf_k)
+
+
+def rrf(lists: Sequence[dict[str, list[tuple[str, float]]]], k: int = 60) -> dict[str, list[tuple[str, float]]]:
+    """Reciprocal rank fusion: a page scores sum over rankings of 1 / (k + its 1-based rank); best first (ties in
+    first-seen order). A page missing from a ranking gets nothing from it."""
     fused: dict[str, list[tuple[str, float]]] = {}
-    for qid in queries:
+    for qid in lists[0]:
         score: dict[str, float] = {}
         for ranking in lists:
             for r, (pid, _) in enumerate(ranking[qid]):
-                score[pid] = score.get(pid, 0.0) + 1.0 / (config.rrf_k + r + 1)
+                score[pid] = score.get(pid, 0.0) + 1.0 / (k + r + 1)
         fused[qid] = sorted(score.items(), key=lambda x: -x[1])
     return fused
 
@@ -215,7 +307,7 @@ def judge_queries(backend: Any, store: Any, config: Config, queries: dict[str, s
 
     judge = _judge_fn(backend, store, config.judge)
     stats = {"judge": config.judge, "calls": 0, "new": 0, "dropped_source_not_relevant": 0,
-             "dropped_unreadable": 0, "somewhat": 0, "extra_positives": 0, "random_fill": 0}
+             "dropped_unreadable": 0, "unreadable": 0, "somewhat": 0, "extra_positives": 0, "random_fill": 0}
 
     def run(pairs: list[tuple[str, str]]) -> list[Any]:
         if not pairs:
@@ -248,7 +340,9 @@ def judge_queries(backend: Any, store: Any, config: Config, queries: dict[str, s
                     and len(negatives[q]) < config.n_negatives]
             for (q, p), v in zip(todo, run(todo), strict=True):
                 lab = _label(config, v, anchor.get(q))
-                if lab == "highly":
+                if lab is None:
+                    stats["unreadable"] += 1  # neither positive nor negative: the next page in rank order is judged
+                elif lab == "highly":
                     if config.extra_positives:
                         positives[q].append(p)
                         stats["extra_positives"] += 1
