@@ -7,7 +7,11 @@ synthetic-data engine; evaluation queries are never seen), then the leaderboard 
         --results results/colintern_mmlongbench --max-pages 60
 
 Each trained row's record carries its variant label (colintern-e1 / colintern-mined), so the leaderboard shows
-three rows per backbone. Prints trainable vs total parameters and head-training examples/s.
+three rows per backbone. Prints trainable vs total parameters and head-training examples/s. The two trained rows
+differ only in epochs/mine_negatives, so the mined row resumes from the e1 row's end-of-epoch-1 checkpoint (its
+``wall_s`` leaves epoch 1 out; ``head_train_s`` still counts it). The ocr-text backbone gets one shared
+head by default; ``--set shared_head=false`` gives the earlier two-head rows, ``--set 'lora={r: 16, alpha: 32}'``
+adds LoRA on the encoder.
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                        "seconds": round(time.perf_counter() - started, 1),
                        **{k: training.get(k) for k in ("wall_s", "llm_calls", "examples", "steps", "feature_s",
                                                        "head_train_s", "examples_per_s", "trainable_parameters",
-                                                       "total_parameters") if training}})
+                                                       "total_parameters", "shared_head", "resumed_from")
+                          if training}})
         print(json.dumps(report[-1]), flush=True)
     print("| row | " + task.metadata.name + " | train wall s | LLM calls | examples | trainable / total params "
           "| head-train examples/s |")

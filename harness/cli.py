@@ -1,4 +1,4 @@
-"""The ``harness`` command: eval, run, tasks, models, leaderboard."""
+"""The ``harness`` command: eval, run, tasks, models, leaderboard, plot."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   harness eval --backbone ocr-text --set mode=pooled --task generated
   harness eval --backbone ocr-text --task ../shared/data/mmlongbench_dev
   harness eval --backbone colpali --set model=vidore/colqwen2.5-v0.2 --task "ViDoRe(v1)"
+  harness plot checkpoints/colintern/TAG/RUN_A/loss.jsonl checkpoints/colintern/TAG/RUN_B/loss.jsonl --out loss.png
 """
 
 
@@ -96,6 +97,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return leaderboard.run(args)
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from models.colintern.plot import LossFileError, run
+
+    try:
+        print(run(args))
+    except LossFileError as exc:  # a missing file or a malformed line: the message names file:line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     leaderboard.add_arguments(p)
     p.set_defaults(func=cmd_leaderboard)
+    p = sub.add_parser("plot", help="draw training loss curves (one line per loss JSONL file) as a PNG")
+    from models.colintern.plot import add_arguments as plot_arguments  # light: matplotlib imports lazily
+
+    plot_arguments(p)
+    p.set_defaults(func=cmd_plot)
 
     from harness.synth.cli import register as register_synth  # light: the engine imports lazily
 

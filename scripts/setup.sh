@@ -69,5 +69,5 @@ if ! "$VENV/bin/python" -c "import llama_cpp" >/dev/null 2>&1; then
 fi
 
 echo "[setup] installing the project and its dependencies"
-$PIP install -q -e ".[dev]"
+$PIP install -q -e ".[dev,faiss]"
 "$VENV/bin/python" -c "import harness.compat, colpali_engine, mteb; print('[setup] ok: mteb', mteb.__version__)"

@@ -36,7 +36,7 @@ def test_mean_pool_normalises() -> None:
     assert torch.allclose(pooled[1], torch.tensor([2 ** -0.5, 2 ** -0.5, 0, 0]))
 
 
-@pytest.mark.skipif(not have_faiss(), reason="faiss not installed")
+@pytest.mark.skipif(not have_faiss(), reason="faiss not installed (the optional extra: pip install '.[faiss]')")
 def test_faiss_matches_torch() -> None:
     docs, queries = _vectors(200, 32, seed=2), _vectors(25, 32, seed=3)
     s_t, i_t = search(queries, docs, 12, use_faiss=False)

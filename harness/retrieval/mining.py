@@ -1,8 +1,8 @@
 """Hard-negative mining: one mean-pooled, L2-normalised vector per query and per page, inner-product search.
 
 For each query take the top ``k + 5`` pages, drop its positive(s), keep the first ``k``. The search runs on FAISS
-(``IndexFlatIP``, exact) when ``import faiss`` works and on an exact torch top-k otherwise; both give the same
-pages in the same order (ties aside: equal scores may come back in either order).
+(``IndexFlatIP``, exact) when ``import faiss`` works (``pip install '.[faiss]'``) and on an exact torch top-k
+otherwise; both give the same pages in the same order (ties aside: equal scores may come back in either order).
 """
 
 from __future__ import annotations

@@ -2,13 +2,18 @@
 
 Frozen token states (``Featurizer``):
 - ``ocr-text``: the text encoder's last hidden states; queries as the backbone tokenises them, pages as its OCR
-  text chunks (the tokens of every chunk of a page, in order). Both sides go through the text encoder; the
-  query head and the page head are separate, as the seed's text and vision heads are.
+  text chunks (the tokens of every chunk of a page, in order). Both sides are text tokens of the same encoder,
+  so by default ONE head projects both (``shared``): the seed's text head applies to every text token and its
+  vision head to image patches, and an OCR page has no image patches. Two independent random heads would put
+  queries and pages in unrelated spaces, so the untrained model would score at random; a shared random head
+  roughly preserves the encoder's own similarities (a random projection), so training starts near the base's
+  ranking.
 - ``colpali`` / ``tiny``: queries = the language model's last hidden state (the input of the checkpoint's own
   ``custom_text_proj``, captured by a hook), pages = the vision features (vision tower + merger/projector, not
-  through the language model), as the seed does.
+  through the language model), as the seed does: separate text and vision heads.
 
-Heads: ``Linear(hidden, dim, bias=False)`` per side, init N(0, 0.02); outputs L2-normalised, scored by MaxSim.
+Heads: ``Linear(hidden, dim, bias=False)`` per side (or one shared), init N(0, 0.02); outputs L2-normalised,
+scored by MaxSim. The states are frozen unless the recipe trains LoRA on the encoder (``grad=True`` below).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ HEADS_FILE, HEADS_CONFIG = "heads.pt", "colintern.json"
 
 
 class Featurizer:
-    """Frozen token states, one [T_i, H] matrix per item (real tokens only)."""
+    """Token states, one [T_i, H] matrix per item (real tokens only); without gradient unless ``grad=True``
+    (LoRA training: the states then depend on the adapter being trained)."""
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
@@ -47,8 +53,17 @@ class Featurizer:
             return self.backbone.encoder.config.hidden_size
         return self._text_proj.in_features
 
-    @torch.no_grad()
-    def queries(self, texts: Sequence[str], batch_size: int = 32) -> list[torch.Tensor]:
+    @property
+    def pages_through_encoder(self) -> bool:
+        """Whether page states pass through the encoder LoRA adapts: OCR text does; the colpali family's pages
+        are vision features (vision tower + merger), which never enter the language model LoRA sits on."""
+        return self.kind == "ocr-text"
+
+    def queries(self, texts: Sequence[str], batch_size: int = 32, grad: bool = False) -> list[torch.Tensor]:
+        with torch.set_grad_enabled(grad):
+            return self._queries(texts, batch_size)
+
+    def _queries(self, texts: Sequence[str], batch_size: int) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
         for start in range(0, len(texts), batch_size):
             inputs = _to_device(self.backbone.query_inputs(texts[start : start + batch_size]), self.backbone.device)
@@ -69,16 +84,16 @@ class Featurizer:
             handle.remove()
         return seen[-1]
 
-    @torch.no_grad()
-    def pages(self, pages: Sequence[Page], batch_size: int = 8) -> list[torch.Tensor]:
+    def pages(self, pages: Sequence[Page], batch_size: int = 8, grad: bool = False) -> list[torch.Tensor]:
         self.backbone.prefetch(pages)
         out: list[torch.Tensor] = []
-        for start in range(0, len(pages), batch_size):
-            batch = pages[start : start + batch_size]
-            if self.kind == "ocr-text":
-                out.extend(self._ocr_pages(batch))
-            else:
-                out.extend(self._vision_pages(batch))
+        with torch.set_grad_enabled(grad):
+            for start in range(0, len(pages), batch_size):
+                batch = pages[start : start + batch_size]
+                if self.kind == "ocr-text":
+                    out.extend(self._ocr_pages(batch))
+                else:
+                    out.extend(self._vision_pages(batch))
         return out
 
     def _ocr_pages(self, pages: Sequence[Page]) -> list[torch.Tensor]:
@@ -107,16 +122,24 @@ class Featurizer:
 
 
 class Heads(torch.nn.Module):
-    def __init__(self, query_dim: int, page_dim: int, dim: int = 128) -> None:
+    """The query and page projections. ``shared``: one Linear for both sides (text tokens of one encoder on both
+    sides, see the module docstring). It is registered under both names, so the state dict keeps the
+    ``query_head.weight`` / ``page_head.weight`` keys of separate heads (one tensor), while ``parameters()``
+    yields it once (the optimiser and the parameter count see one head)."""
+
+    def __init__(self, query_dim: int, page_dim: int, dim: int = 128, shared: bool = False) -> None:
         super().__init__()
+        if shared and query_dim != page_dim:
+            raise ValueError(f"a shared head needs one input width, not query {query_dim} / page {page_dim}")
+        self.shared = shared
         self.query_head = torch.nn.Linear(query_dim, dim, bias=False)
-        self.page_head = torch.nn.Linear(page_dim, dim, bias=False)
-        for head in (self.query_head, self.page_head):
+        self.page_head = self.query_head if shared else torch.nn.Linear(page_dim, dim, bias=False)
+        for head in dict.fromkeys((self.query_head, self.page_head)):  # each distinct head once
             torch.nn.init.normal_(head.weight, mean=0.0, std=0.02)
 
-    def spec(self) -> dict[str, int]:
+    def spec(self) -> dict[str, Any]:
         return {"query_dim": self.query_head.in_features, "page_dim": self.page_head.in_features,
-                "dim": self.query_head.out_features}
+                "dim": self.query_head.out_features, "shared": self.shared}
 
     def project(self, states: Sequence[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """[T_i, H] states -> (L2-normalised [B, T, dim] with zero padding, mask [B, T])."""
@@ -141,7 +164,8 @@ class Heads(torch.nn.Module):
     def load(cls, folder: Path) -> tuple[Heads, dict[str, Any]]:
         folder = Path(folder)
         meta = json.loads((folder / HEADS_CONFIG).read_text())
-        heads = cls(meta["query_dim"], meta["page_dim"], meta["dim"])
+        # Checkpoints written before shared heads existed have no "shared" key: they are separate heads.
+        heads = cls(meta["query_dim"], meta["page_dim"], meta["dim"], shared=bool(meta.get("shared", False)))
         heads.load_state_dict(torch.load(folder / HEADS_FILE, map_location="cpu", weights_only=True), strict=True)
         return heads, meta
 
