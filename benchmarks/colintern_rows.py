@@ -9,9 +9,9 @@ synthetic-data engine; evaluation queries are never seen), then the leaderboard 
 Each trained row's record carries its variant label (colintern-e1 / colintern-mined), so the leaderboard shows
 three rows per backbone. Prints trainable vs total parameters and head-training examples/s. The two trained rows
 differ only in epochs/mine_negatives, so the mined row resumes from the e1 row's end-of-epoch-1 checkpoint (its
-``wall_s`` leaves epoch 1 out; ``head_train_s`` still counts it). The ocr-text backbone gets one shared
-head by default; ``--set shared_head=false`` gives the earlier two-head rows, ``--set 'lora={r: 16, alpha: 32}'``
-adds LoRA on the encoder.
+``wall_s`` counts the e1 run's share, ``run_wall_s`` its own process; ``head_train_s`` counts epoch 1 too).
+The ocr-text backbone gets one shared head by default; ``--set shared_head=false`` gives the earlier two-head
+rows, ``--set 'lora={r: 16, alpha: 32}'`` adds LoRA on the encoder.
 """
 
 from __future__ import annotations

@@ -210,6 +210,9 @@ def test_mined_run_reuses_the_e1_runs_epoch_1(tiny, tmp_path: Path) -> None:
     assert Path(record["resumed_from"]).parent == Path(e1_record["epoch1_dir"]) / "checkpoints"
     # epoch 1 was not trained again: its checkpoints are untouched
     assert {p.name: p.stat().st_mtime_ns for p in Path(record["resumed_from"]).parent.iterdir()} == e1_ckpts
+    # its cost includes the e1 run's work up to the end of epoch 1, not only this process's
+    assert record["run_wall_s"] < record["wall_s"]
+    assert record["wall_s"] - record["run_wall_s"] <= e1_record["wall_s"]
 
     fresh = recipe.train(tiny, corpus, _config(triples), tmp_path / "alone" / "mined")  # no sibling: epoch 1 here
     assert json.loads((fresh / "training.json").read_text())["resumed_from"] is None

@@ -299,6 +299,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     e1_ckpt_dir, e1_loss_path = e1_dir / "checkpoints", e1_dir / LOSS_FILE
     e1_steps = len(_batches(len(pairs.queries), config.batch_size, config.seed, 1, config.passes_per_epoch))
     step, epoch, done_in_epoch, train_s, resumed_epoch = 0, 1, 0, 0.0, 0
+    prior_wall = 0.0  # wall time of the runs that produced the checkpoint resumed from (e.g. the e1 row's epoch 1)
     latest = _latest_checkpoint(ckpt_dir, e1_ckpt_dir)
     if latest is not None:
         state = torch.load(latest, map_location="cpu", weights_only=False)
@@ -311,6 +312,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, epoch, done_in_epoch, train_s = state["step"], state["epoch"], state["done_in_epoch"], state["train_s"]
+        prior_wall = state.get("wall_s", 0.0)
         resumed_epoch = epoch
         log.info("colintern: resuming from %s (step %d, epoch %d)", latest, step, epoch)
     # The loss files hold exactly the steps behind the current state (a killed run may have logged more):
@@ -388,7 +390,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
                     state = {"heads": heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                              "epoch": epoch + 1 if epoch_end else epoch,
                              "done_in_epoch": 0 if epoch_end else done_in_epoch, "train_s": train_s,
-                             "rng": torch.get_rng_state()}
+                             "wall_s": prior_wall + time.perf_counter() - started, "rng": torch.get_rng_state()}
                     if lora_params:
                         state["lora"] = trainable_state(backbone)
                     if torch.cuda.is_available():
@@ -404,7 +406,10 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         save_trainable(backbone, final, lora_spec, lora_targets)
     heads.save(final, {"label": config.label(), "config": config.model_dump(mode="json")})
     wall = time.perf_counter() - started
-    record = {"wall_s": round(wall, 3), "llm_calls": pairs.llm_calls, "llm_tokens": pairs.llm_tokens,
+    # wall_s is what the model cost, the resumed checkpoint's share included (the mined row: the e1 row's pseudo-
+    # queries and epoch 1 too); run_wall_s is this process alone.
+    record = {"wall_s": round(prior_wall + wall, 3), "run_wall_s": round(wall, 3), "llm_calls": pairs.llm_calls,
+              "llm_tokens": pairs.llm_tokens,
               "examples": examples, "loss_log": str(loss_path.resolve()), "steps": step,
               "trainable_parameters": n_trained, "total_parameters": n_total,
               "feature_s": round(feature_s, 3), "head_train_s": round(train_s, 3),
