@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 # llama.cpp's threads meet at an OpenMP barrier after every operation, and libgomp spins while it waits by default.
 # On cores that anything else uses, spinning threads starve the one they wait for: measured on 2 busy cores, 2
-# threads decoded at 0.4 tokens/s spinning, 8.7 tokens/s passive, 4.2 with 1 thread. libgomp reads this once, when
+# threads decoded at 0.4 tokens/s spinning, 8.7 tokens/s passive, 4.2 with 1 thread. On the same 2 cores otherwise
+# idle (benchmarks/synth_throughput.py --pages 6, other jobs paused) spinning is faster: 2.64 vs 1.71 queries/s,
+# 3.51 vs 2.80 query-likelihood judgements/s. Passive is the default because it loses ~1.5x at best and spinning
+# loses ~20x at worst; on a dedicated machine set OMP_WAIT_POLICY=ACTIVE. libgomp reads this once, when
 # llama.cpp's library loads (below, on first use): a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
