@@ -96,6 +96,25 @@ def reattach(backbone: Backbone, folder: Path) -> None:
     load_trainable(backbone, folder)
 
 
+MERGED_FROM = "_merged_from"  # attribute naming the folder whose trained state a backbone already holds, merged
+
+
+def merge_saved_lora(backbone: Backbone, folder: Path) -> None:
+    """Put the adapter saved in ``folder`` into ``backbone`` and merge it; once per folder and backbone.
+
+    ``backbone`` is either untrained (a fresh process: the adapter is re-attached from ``lora.json``) or the one a
+    recipe just trained in this process (adapter still attached: the saved state is loaded into it). Both end in the
+    same merged weights, hence the same fingerprint. Missing or mismatched weights are errors (``load_trainable``)."""
+    if getattr(backbone, MERGED_FROM, None) == str(folder):
+        return
+    if has_lora(backbone):
+        load_trainable(backbone, folder)
+    else:
+        reattach(backbone, folder)
+    merge_lora(backbone)
+    setattr(backbone, MERGED_FROM, str(folder))
+
+
 def merge_lora(module: torch.nn.Module) -> int:
     """Fold every LoRA layer into its base weight and put the plain layer back; returns how many were merged.
     Evaluation is then as fast as the base model, and the backbone's own save() writes ordinary weights."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backbones.base import Backbone
-from harness.train.lora import has_lora, load_trainable, merge_lora, reattach
+from harness.train.lora import merge_lora, merge_saved_lora
 
 TRAINING_FILE = "training.json"
 
@@ -66,19 +66,7 @@ def export_backbone(backbone: Backbone, folder: Path) -> None:
 
 
 def load_checkpoint(backbone: Backbone, checkpoint: Path) -> Backbone:
-    """Put a checkpoint's trained state into ``backbone`` and merge it (evaluation runs at base speed).
-
-    ``backbone`` is either the untrained backbone (a fresh process: LoRA is re-attached from ``final/lora.json``)
-    or the one the recipe just trained in this process (LoRA still attached: the chosen state is loaded into it).
-    Both end in the same merged weights, hence the same fingerprint.
-    """
-    final = Path(checkpoint) / "final"
-    if getattr(backbone, "_merged_checkpoint", None) == str(final):
-        return backbone
-    if has_lora(backbone):
-        load_trainable(backbone, final)
-    else:
-        reattach(backbone, final)
-    merge_lora(backbone)
-    backbone._merged_checkpoint = str(final)  # type: ignore[attr-defined]
+    """Put a checkpoint's trained state (``final/``) into ``backbone`` and merge it: evaluation runs at base speed
+    (``merge_saved_lora``)."""
+    merge_saved_lora(backbone, Path(checkpoint) / "final")
     return backbone

@@ -8,34 +8,23 @@ from pathlib import Path
 from harness.backbones import Backbone
 from harness.evaluate.encoder import HarnessEncoder, make_meta
 from harness.retrieval.cache import EmbeddingCache
-from harness.train.lora import LORA_FILE, STATE_FILE, has_lora, load_trainable, merge_lora, reattach
+from harness.train.lora import LORA_FILE, STATE_FILE, merge_saved_lora
 from models.colintern.heads import ColInternBackbone, Heads
 
 VARIANT = "colintern"
 
 
 def load_lora(backbone: Backbone, checkpoint: Path, meta: dict) -> None:
-    """Put the checkpoint's LoRA into ``backbone`` and merge it (evaluation at base speed).
-
-    ``backbone`` is either untrained (a fresh process: the adapter is re-attached from ``lora.json``) or the one
-    the recipe just trained in this process (adapter still attached: the saved weights are loaded into it). Both
-    end in the same merged weights. A checkpoint trained with LoRA whose adapter files are missing, or whose
-    weights do not fit, is an error (``load_trainable``): silently evaluating the untrained encoder would give
-    wrong numbers under the trained model's name."""
+    """Put the checkpoint's LoRA into ``backbone`` and merge it (``merge_saved_lora``). A checkpoint trained with
+    LoRA whose adapter files are missing, or whose weights do not fit, is an error: silently evaluating the
+    untrained encoder would give wrong numbers under the trained model's name."""
     trained_with_lora = (meta.get("config") or {}).get("lora") is not None
     if not trained_with_lora:
         return
-    if getattr(backbone, "_colintern_lora", None) == str(checkpoint):
-        return  # already merged into this backbone (load_model called twice)
     for name in (LORA_FILE, STATE_FILE):
         if not (checkpoint / name).is_file():
             raise ValueError(f"{checkpoint}: trained with LoRA but {name} is missing")
-    if has_lora(backbone):
-        load_trainable(backbone, checkpoint)
-    else:
-        reattach(backbone, checkpoint)
-    merge_lora(backbone)
-    backbone._colintern_lora = str(checkpoint)  # type: ignore[attr-defined]
+    merge_saved_lora(backbone, checkpoint)  # once per backbone: load_model may be called twice
 
 
 def load_model(backbone: Backbone, checkpoint: Path | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 from harness.backbones import Backbone
 from harness.evaluate.encoder import HarnessEncoder, make_meta
 from harness.retrieval.cache import EmbeddingCache
+from harness.train.lora import MERGED_FROM
 from harness.train.record import TRAINING_FILE, load_checkpoint
 
 VARIANT = "syntriever"
@@ -26,9 +27,9 @@ def load_model(backbone: Backbone, checkpoint: Path | None = None,
     else:
         from models.syntriever.recipe import load_full
 
-        if getattr(backbone, "_merged_checkpoint", None) != str(final):
+        if getattr(backbone, MERGED_FROM, None) != str(final):
             load_full(backbone, final)
-            backbone._merged_checkpoint = str(final)  # type: ignore[attr-defined]
+            setattr(backbone, MERGED_FROM, str(final))
         for p in backbone.parameters():
             p.requires_grad_(False)
     label = f"{VARIANT}-s{int(record.get('stages_trained', 2))}"
