@@ -45,8 +45,14 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     $PIP install -q "torch==$TORCH_VERSION"
   else
     echo "[setup] no GPU: installing CPU torch==$TORCH_VERSION"
-    $PIP install -q "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu \
-      || $PIP install -q "torch==$TORCH_VERSION"
+    # Probe the CPU-wheel index once with a short timeout: pip would retry an unreachable index for every package.
+    CPU_INDEX=https://download.pytorch.org/whl/cpu
+    if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$CPU_INDEX/torch/', timeout=5)" >/dev/null 2>&1
+    then
+      $PIP install -q "torch==$TORCH_VERSION" --extra-index-url "$CPU_INDEX" || $PIP install -q "torch==$TORCH_VERSION"
+    else
+      $PIP install -q "torch==$TORCH_VERSION"
+    fi
   fi
 fi
 

@@ -61,7 +61,7 @@ def _corpus(folder: Path) -> TrainingCorpus:
 
 CONFIG = {"pages": 6, "queries_per_page": 2, "top_m": 4, "n_negatives": 2, "val_fraction": 0.2,
           "test_fraction": 0.2, "lora": {"r": 4, "alpha": 8},
-          "train": {"epochs": 2, "batch_size": 2, "logging_steps": 1}}
+          "train": {"steps": 4, "batch_size": 2, "logging_steps": 1}}
 
 
 def test_syntr_tiny_colpali_train_save_reload_mteb(image_folder: Path, tmp_path: Path,
@@ -83,7 +83,7 @@ def test_syntr_tiny_colpali_train_save_reload_mteb(image_folder: Path, tmp_path:
     split_of: dict[str, set[str]] = {}
     for r in rows:
         split_of.setdefault(r["query_id"].split("#")[0], set()).add(r["split"])
-        assert r["positives"][0] == r["query_id"].split("#")[0] and len(r["negatives"]) == 2
+        assert r["positives"][0] == r["query_id"].split("#")[0] and len(r["negatives"]) <= 2
         assert r["query_id"].split("#")[0] not in r["negatives"]
     assert all(len(s) == 1 for s in split_of.values())
 
@@ -117,7 +117,7 @@ def test_syntr_random_negatives_and_specific_prompt(image_folder: Path, tmp_path
     monkeypatch.setattr(recipe, "make_backend", lambda spec: fake)
     backbone = build_backbone("tiny", {"arch": "colqwen2_5", "seed": 0})
     config = recipe.Config(**{**CONFIG, "negatives": "random", "prompt": "specific",
-                              "train": {"epochs": 1, "batch_size": 2}})
+                              "train": {"steps": 2, "batch_size": 2}})
     out = recipe.train(backbone, _corpus(image_folder), config, tmp_path / "ckpt")
     record = json.loads((out / "training.json").read_text())
     assert record["negatives"] == "random" and record["notes"]["judging"]["calls"] == 0

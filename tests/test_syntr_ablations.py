@@ -80,10 +80,11 @@ def test_graded_judge_labels(tmp_path: Path, extra: bool) -> None:
     for q, (pos, neg) in labels.items():
         s = q.split("#")[0]
         # top 5 minus the source: +1 Highly (extra positive or unused), +2 Somewhat (dropped), +3 unparseable
-        # (skipped), +4 Not (a negative); the second negative is the one page outside the top 5 (+5), random.
+        # (skipped), +4 Not (a negative). One judged negative of the two asked for: no random filler (the batch's
+        # other pages are negatives too), counted as short.
         assert pos == ([s, _at(s, 1)] if extra else [s])
-        assert neg == [_at(s, 4), _at(s, 5)]
-    assert stats["somewhat"] == stats["unreadable"] == stats["random_fill"] == 4
+        assert neg == [_at(s, 4)]
+    assert stats["somewhat"] == stats["unreadable"] == stats["short_of_negatives"] == 4
     assert stats["extra_positives"] == (4 if extra else 0)
     assert stats["calls"] == 6 + 4 * 4  # the six source pages, then four candidates for each kept query
 
@@ -97,7 +98,7 @@ def test_yesno_judge_labels(tmp_path: Path) -> None:
         # P(yes) 0.6 at +1 -> highly; 0.4 at +2 -> not; +3 unreadable; 0.1 at +4 -> not: two negatives found,
         # so judging stops there and nothing is filled at random
         assert pos == [s, _at(s, 1)] and neg == [_at(s, 2), _at(s, 4)]
-    assert stats["unreadable"] == 4 and stats["random_fill"] == stats["somewhat"] == 0
+    assert stats["unreadable"] == 4 and stats["short_of_negatives"] == stats["somewhat"] == 0
 
 
 def test_random_negatives_ignore_the_judge(tmp_path: Path) -> None:
@@ -107,7 +108,7 @@ def test_random_negatives_ignore_the_judge(tmp_path: Path) -> None:
     for q, (pos, neg) in labels.items():
         s = q.split("#")[0]
         assert pos == [s, _at(s, 1)] and len(neg) == 2 and not set(neg) & set(pos)
-    assert stats["random_fill"] == 0  # counts fills of *judged* negatives only
+    assert stats["short_of_negatives"] == 0  # random negatives are drawn to the full count
     # Random pages from the whole corpus: unlike judged negatives (always +4 and +5, as above), they include
     # pages the judge called somewhat relevant (+2) or could not read (+3).
     assert any({_at(q.split("#")[0], 2), _at(q.split("#")[0], 3)} & set(neg) for q, (_, neg) in labels.items())
@@ -154,7 +155,7 @@ def test_recipe_with_extra_positives_graded_judge_and_extra_ranker(image_folder:
     monkeypatch.setattr(recipe, "make_backend", lambda spec: judge)
     config = recipe.Config(**{**CONFIG, "judge": "graded", "extra_positives": True, "top_m": 5,
                               "rankers": [{"family": "tiny", "config": {"arch": "colqwen2_5", "seed": 1}}],
-                              "train": {"epochs": 1, "batch_size": 2}})
+                              "train": {"steps": 2, "batch_size": 2}})
     out = recipe.train(build_backbone("tiny", {"arch": "colqwen2_5", "seed": 0}), _corpus(image_folder), config,
                        tmp_path / "ckpt")
     record = json.loads((out / "training.json").read_text())
@@ -169,6 +170,8 @@ def test_recipe_with_extra_positives_graded_judge_and_extra_ranker(image_folder:
         assert all(grades.get((q, n), "not") == "not" for n in r["negatives"])  # judged negatives were "not"
     judging = record["notes"]["judging"]
     assert judging["extra_positives"] == sum(len(r["positives"]) - 1 for r in rows) > 0
-    # every positive is one training example (and one qrel of its query)
-    assert record["examples"] == sum(len(r["positives"]) for r in rows if r["split"] == "train")
-    assert record["notes"]["split"]["train"]["examples"] == record["examples"]
+    # one training example per query, with all its positives (and one qrel per positive)
+    assert record["examples"] == sum(1 for r in rows if r["split"] == "train")
+    assert record["notes"]["split"]["train"]["queries"] == record["examples"]
+    assert record["notes"]["split"]["train"]["examples"] == sum(len(r["positives"]) for r in rows
+                                                                if r["split"] == "train")

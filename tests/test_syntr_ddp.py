@@ -19,7 +19,7 @@ from harness.train import Stages, load_checkpoint
 from models.syntr import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-DDP_CONFIG = {**CONFIG, "train": {"epochs": 1, "batch_size": 2, "logging_steps": 1}}  # one epoch: one shuffle
+DDP_CONFIG = {**CONFIG, "train": {"steps": 1, "batch_size": 2, "logging_steps": 1, "warmup": 0.0}}  # one shuffle
 
 SCRIPT = r'''
 import json, os, sys
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[4])  # tests/: the fake backend and the corpus helper of test_syntr
 import harness  # noqa: F401
 from harness.backbones import build_backbone
-from harness.train import train_retriever
+from harness.train.loop import run_loop
 from models.syntr import recipe
 from test_syntr import FakeBackend, _corpus
 
@@ -38,12 +38,15 @@ def make_backend(spec):
     made.append(spec)
     return fake
 
-def train_recording(*args, **kwargs):
-    result = train_retriever(*args, **kwargs, seen=seen)
+def train_recording(objective, items, collate, *args, **kwargs):
+    def recording(batch):
+        seen.extend(ex.query for ex in batch)
+        return collate(batch)
+    result = run_loop(objective, items, recording, *args, **kwargs)
     steps.append(result.steps)
     return result
 
-recipe.make_backend, recipe.train_retriever = make_backend, train_recording
+recipe.make_backend, recipe.run_loop = make_backend, train_recording
 backbone = build_backbone("tiny", {"arch": "colqwen2_5", "seed": 0})
 recipe.train(backbone, _corpus(folder), recipe.Config(**config), out / "ckpt")
 rank = os.environ["RANK"]
@@ -94,12 +97,11 @@ def test_syntr_recipe_under_torchrun(image_folder: Path, tmp_path: Path) -> None
     assert record["llm_calls"] == len(store) and record["processes"] == 2
 
     # Both ranks trained the same number of steps, each on its own part of the same training examples.
-    train_ids = {f"{r['query_id']}/{j}" for r in _lines(ckpt / "examples.jsonl") if r["split"] == "train"
-                 for j in range(len(r["positives"]))}
+    train_ids = {r["query"] for r in _lines(ckpt / "examples.jsonl") if r["split"] == "train"}
     a, b = set(r0["seen"]) & train_ids, set(r1["seen"]) & train_ids
     assert len(train_ids) >= 4 and a and b and a | b == train_ids
     assert len(a & b) <= len(train_ids) % 2  # an odd count: the sampler repeats one example to even the ranks
-    assert r0["steps"] == r1["steps"] == [record["train_steps"]] and record["train_steps"] > 0
+    assert r0["steps"] == r1["steps"] == [record["train"]["steps"]] and record["train"]["steps"] > 0
 
     # The checkpoint rank 0 saved reloads into a fresh backbone.
     fresh = build_backbone("tiny", {"arch": "colqwen2_5", "seed": 0})

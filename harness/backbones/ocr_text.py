@@ -158,8 +158,7 @@ class OcrTextBackbone(Backbone):
         return self._vectors(states, inputs["attention_mask"])
 
     def forward_pages(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        states = self._token_states(inputs["input_ids"], inputs["attention_mask"])
-        vecs, mask = self._vectors(states, inputs["attention_mask"])  # per chunk
+        vecs, mask = self._chunk_vectors(inputs["input_ids"], inputs["attention_mask"])
         rows = _group_rows(vecs, mask, inputs["owner"], inputs["n_items"])
         out = vecs.new_zeros(len(rows), max(len(r) for r in rows), vecs.shape[-1])
         out_mask = torch.zeros(out.shape[:2], dtype=torch.bool, device=vecs.device)
@@ -167,6 +166,24 @@ class OcrTextBackbone(Backbone):
             out[i, : len(r)] = r
             out_mask[i, : len(r)] = True
         return out, out_mask
+
+    def _chunk_vectors(self, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors of every chunk, computed in groups of ``chunk_batch`` chunks of similar length, each group trimmed
+        to its longest chunk: a page's short last chunk is not padded to the longest chunk of the batch (training
+        pays forward AND backward for padding). Differentiable; rows come back in input order."""
+        lengths = attention.sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        parts_v, parts_m = [], []
+        for start in range(0, len(order), self.config.chunk_batch):
+            idx = order[start : start + self.config.chunk_batch]
+            longest = int(lengths[idx].max())
+            v, m = self._vectors(self._token_states(ids[idx, :longest], attention[idx, :longest]),
+                                 attention[idx, :longest])
+            width = 1 if self.config.mode == "pooled" else ids.shape[1]
+            parts_v.append(torch.nn.functional.pad(v, (0, 0, 0, width - v.shape[1])))
+            parts_m.append(torch.nn.functional.pad(m, (0, width - m.shape[1])))
+        inverse = torch.argsort(order)
+        return torch.cat(parts_v)[inverse.to(ids.device)], torch.cat(parts_m)[inverse.to(ids.device)]
 
     @torch.inference_mode()
     def encode_pages(self, pages: Sequence[Page], batch_size: int = 8) -> list[torch.Tensor]:

@@ -56,3 +56,16 @@ def maxsim(queries: torch.Tensor, docs: torch.Tensor, budget: int = 1 << 26) -> 
         scores[:, idx] = best.sum(1)
         start += len(idx)
     return scores
+
+
+def score_matrix(q: torch.Tensor, q_mask: torch.Tensor, d: torch.Tensor, d_mask: torch.Tensor) -> torch.Tensor:
+    """Differentiable MaxSim for training: [Bq, Tq, D] queries against [C, Td, D] candidates -> [Bq, C].
+
+    The same score as ``maxsim`` (evaluation) on the same vectors: padded candidate tokens are masked out (never a 0
+    similarity that floors negative cosines), padded query tokens add nothing; sum over query tokens. Losses divide
+    by the query length and a temperature themselves.
+    """
+    sim = torch.einsum("bqd,ctd->bcqt", q, d)
+    sim = sim.masked_fill(~d_mask.bool()[None, :, None, :], float("-inf")).amax(dim=3)  # [Bq, C, Tq]
+    sim = torch.nan_to_num(sim, neginf=-1.0)  # a candidate without real tokens: -1 per query token, as maxsim
+    return sim.masked_fill(~q_mask.bool()[:, None, :], 0.0).sum(dim=2)

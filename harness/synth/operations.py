@@ -142,6 +142,50 @@ def run_jobs(op: str, backend: Backend, store: SynthStore, jobs: Sequence[Job], 
     return records, report
 
 
+class _Checked(list):
+    """Items whose pages were checked readable (the judges then skip the check)."""
+
+    _readable = True
+
+
+def readable(backend: Backend, pages: Sequence[Page]) -> tuple[list[Page], list[str]]:
+    """(pages the backend can read, ids of the others). A text-only model cannot read a page whose own text and OCR
+    text are both empty (a picture-only slide): such pages are skipped and counted, not an error."""
+    backend.prepare(pages)
+    texts = getattr(backend, "pages", None)
+    keep, skipped = [], []
+    for page in pages:
+        if backend.sees_images and page.image is not None:
+            keep.append(page)
+            continue
+        text = (page.text or "").strip()
+        if not text and page.image is not None:
+            # a backend without the shared page-text helper reads images its own way: trust it
+            text = texts.text(page)[0].strip() if texts is not None else "image"
+        if text:
+            keep.append(page)
+        else:
+            skipped.append(page.id)
+    if skipped:
+        log.warning("%d page(s) without readable text skipped (e.g. %s)", len(skipped), ", ".join(skipped[:3]))
+    return keep, skipped
+
+
+def _judge_readable(backend: Backend, items: Sequence[Any], fn: Callable[[list[Any]], tuple[list[Any], Report]],
+                    pages_of: Callable[[Any], list[Page]]) -> tuple[list[Any], Report]:
+    """Run ``fn`` on the items whose pages the backend can read; the others get None, counted as skipped_no_text."""
+    _, skipped = readable(backend, [p for it in items for p in pages_of(it)])
+    bad = set(skipped)
+    ok = [i for i, it in enumerate(items) if not any(p.id in bad for p in pages_of(it))]
+    values, report = fn(_Checked(items[i] for i in ok))
+    out: list[Any] = [None] * len(items)
+    for i, v in zip(ok, values, strict=True):
+        out[i] = v
+    if len(ok) < len(items):
+        report.notes["skipped_no_text"] = len(items) - len(ok)
+    return out, report
+
+
 class _progress:
     """A rich progress bar (or nothing): one line per operation."""
 
@@ -189,7 +233,8 @@ def pseudo_queries(backend: Backend, store: SynthStore, pages: Sequence[Page], *
     if kind not in ("specific", "general"):
         raise ValueError(f"kind must be 'specific' or 'general', not {kind!r}")
     max_samples = max_samples or 2 * n
-    backend.prepare(pages)
+    all_ids = [p.id for p in pages]
+    pages, skipped = readable(backend, pages)
     queries: dict[str, list[str]] = {p.id: [] for p in pages}
     seen: dict[str, set[str]] = {p.id: set() for p in pages}
     total = Report("queries")
@@ -227,7 +272,9 @@ def pseudo_queries(backend: Backend, store: SynthStore, pages: Sequence[Page], *
                 if len(qs) < n and next_sample[pid] < max_samples}
         want = {pid: min(k, max_samples - next_sample[pid]) for pid, k in want.items()}
     total.notes["pages_short_of_n"] = sum(1 for qs in queries.values() if len(qs) < n)
-    return queries, total
+    if skipped:
+        total.notes["skipped_no_text"] = len(skipped)
+    return {pid: queries.get(pid, []) for pid in all_ids}, total
 
 
 def _merge(total: Report, report: Report) -> None:
@@ -244,6 +291,9 @@ JUDGE_PARAMS = GenParams(max_new_tokens=12, temperature=0.0, top_p=1.0)  # SynTR
 def judge_graded(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *, params: GenParams = JUDGE_PARAMS,
                  progress: bool = True) -> tuple[list[str | None], Report]:
     """SynTR's three-level label per item: "highly", "somewhat", "not", or None (unparseable, counted)."""
+    if not isinstance(items, _Checked):
+        return _judge_readable(backend, items, lambda ok: judge_graded(backend, store, ok, params=params,
+                                                                       progress=progress), lambda it: [it.page])
     backend.prepare([it.page for it in items])
     p = params if backend.instruct else params.model_copy(update={"stop": ("\n",)})
     jobs = []
@@ -281,6 +331,9 @@ def _yesno_jobs(backend: Backend, items: Sequence[JudgeItem]) -> list[Job]:
 def judge_yesno(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *,
                 progress: bool = True) -> tuple[list[float | None], Report]:
     """P(yes) / (P(yes) + P(no)) for the next token after the relevance question; None when unreadable."""
+    if not isinstance(items, _Checked):
+        return _judge_readable(backend, items, lambda ok: judge_yesno(backend, store, ok, progress=progress),
+                               lambda it: [it.page])
     backend.prepare([it.page for it in items])
     records, report = run_jobs("judge_yesno", backend, store, _yesno_jobs(backend, items), progress=progress)
     return [r.get("parsed") for r in records], report
@@ -300,13 +353,18 @@ def _ql_job(backend: Backend, template: prompts.Template, query_id: str, query: 
 
 
 def judge_query_likelihood(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *, pmi: bool = False,
-                           progress: bool = True) -> tuple[list[float], Report]:
+                           progress: bool = True) -> tuple[list[float | None], Report]:
     """Mean log-probability of the query's tokens given the page (no instruction: a plain language-model score).
 
     ``pmi``: minus the same without the page (one extra call per distinct query). Ranking pages for one query is
     unchanged; scores of different queries become comparable (an easy-to-predict query no longer scores high on
-    every page), which a pointwise relevance threshold needs.
+    every page), which a pointwise relevance threshold needs. A page without readable text gets None
+    (skipped_no_text).
     """
+    if not isinstance(items, _Checked):
+        return _judge_readable(backend, items, lambda ok: judge_query_likelihood(backend, store, ok, pmi=pmi,
+                                                                                 progress=progress),
+                               lambda it: [it.page])
     backend.prepare([it.page for it in items])
     jobs = [_ql_job(backend, prompts.QUERY_LIKELIHOOD, it.query_id, it.query, it.page) for it in items]
     records, report = run_jobs("judge_ql", backend, store, jobs, progress=progress)
@@ -325,6 +383,9 @@ def judge_pairwise(backend: Backend, store: SynthStore, items: Sequence[PairItem
                    progress: bool = True) -> tuple[list[float | None], Report]:
     """P(a is the better page/passage), asked in both orders and averaged: small models favour the first position,
     and averaging cancels that bias. None when neither order could be read."""
+    if not isinstance(items, _Checked):
+        return _judge_readable(backend, items, lambda ok: judge_pairwise(backend, store, ok, progress=progress),
+                               lambda it: [it.a, it.b])
     backend.prepare([p for it in items for p in (it.a, it.b)])
     template = prompts.PAIRWISE_TEMPLATES["chat" if backend.instruct else "fewshot"]
     jobs = []
@@ -421,5 +482,8 @@ def syntriever_synthesis(backend: Backend, store: SynthStore, queries: dict[str,
 def self_verify(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *,
                 progress: bool = True) -> tuple[list[float | None], Report]:
     """Syntriever's self-verification: P(yes) that a generated passage (item.page.text) is relevant to its query."""
+    if not isinstance(items, _Checked):
+        return _judge_readable(backend, items, lambda ok: self_verify(backend, store, ok, progress=progress),
+                               lambda it: [it.page])
     records, report = run_jobs("self_verify", backend, store, _yesno_jobs(backend, items), progress=progress)
     return [r.get("parsed") for r in records], report

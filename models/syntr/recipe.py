@@ -8,9 +8,13 @@
    negative, Highly -> extra positive when enabled, Somewhat -> dropped); the source page is judged too, and a
    query whose own page is judged not relevant is dropped (a conflict: no trustworthy positive);
 4. split train/val/test by source page (no page and no query in two splits);
-5. LoRA fine-tune through ``harness.train`` (validation loss for early stopping, validation nDCG@10 for the
-   best checkpoint), and report nDCG@10 of the held-out test pseudo-queries before and after.
-Every model output goes to ``<out_dir>/synth.jsonl`` (SynthStore): a rerun serves them and resumes training.
+5. LoRA fine-tune on the shared loop (``harness.train.loop``: a budget of optimizer steps, warmup and cosine decay,
+   validation nDCG@10 of the held-out pseudo-queries over a held-out page pool for the chosen checkpoint), with the
+   seed's pairwise loss or InfoNCE on evaluation-exact MaxSim; a query's negatives are its judged ones plus the
+   batch's other pages (no random filler: a random page at temperature 0.02 gives no gradient). Report nDCG@10 of
+   the held-out test pseudo-queries before and after.
+Every model output goes to a SynthStore (``store``, default ``<out_dir>/synth.jsonl``): a rerun serves them and
+resumes training; recipes pointed at one store share the pseudo-queries of the same pages and settings.
 Under torchrun, rank 0 alone runs steps 1-4 and writes ``examples.jsonl``; every rank trains on those examples
 (the Trainer shards them), and rank 0 writes ``training.json``.
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -36,8 +39,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page, build_backbone
-from harness.train import Example, LoraSpec, Stages, TrainSpec, train_retriever, write_training_record
-from harness.train import rank as rank_pages
+from harness.evaluate.metrics import per_query_scores
+from harness.train import LoraSpec, Stages, attach_lora, write_training_record
+from harness.train.loop import LoopSpec, run_loop
+from harness.train.lora import save_trainable
+from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator
+from harness.train.objectives import rank as rank_pages
 from harness.train.record import TRAINING_FILE, export_backbone
 from harness.variants import TrainingCorpus
 
@@ -60,6 +67,7 @@ class Config(BaseModel):
     prompt: Literal["general", "specific"] = "general"  # ablation (Table 1)
     max_new_tokens: int = Field(48, ge=4)
     backend: dict[str, Any] = Field(default_factory=dict)  # harness.synth BackendSpec; {}: packaged Gemma 3 270M
+    store: str | None = None  # SynthStore JSONL shared with other recipes; default <out_dir>/synth.jsonl
     # 2. ranking: extra rankers [{family, config}] fused with the base backbone by reciprocal rank fusion
     rankers: list[dict[str, Any]] = Field(default_factory=list)
     rrf_k: int = Field(60, ge=1)
@@ -75,9 +83,12 @@ class Config(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 42
-    # 5. fine-tuning
+    # 5. fine-tuning (the seed: LoRA r 128, effective batch 8, lr 2e-4, ColbertPairwiseNegativeCELoss)
     lora: LoraSpec = Field(default_factory=LoraSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
+    loss: Literal["pairwise", "infonce"] = "pairwise"
+    temperature: float = Field(0.02, gt=0)
+    val_pool: int = Field(100, ge=1)  # pages the validation queries are ranked over (their own + a seeded sample)
+    train: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=300, batch_size=8, lr=2e-4))
 
 
 EXAMPLES_FILE, GENERATED_FILE = "examples.jsonl", "examples.done"
@@ -113,12 +124,22 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             all_pages = [pages[i] for i in ids]
             for split_examples in examples.values():
                 for ex in split_examples:
-                    ex.positive, ex.negatives = pages[ex.positive.id], [pages[n.id] for n in ex.negatives]
+                    ex.positives = [pages[p.id] for p in ex.positives]
+                    ex.negatives = [pages[n.id] for n in ex.negatives]
         test_q = {q: queries[q] for q in qrels["test"]}
         val_q = {q: queries[q] for q in qrels["val"]}
+        targets = attach_lora(backbone, config.lora)
+        validator = None
+        if val_q:
+            own = {p for q in qrels["val"] for p in qrels["val"][q]}
+            others = [i for i in ids if i not in own]
+            pool = sorted(own) + sorted(random.Random(config.seed + 2).sample(others, max(0, min(
+                len(others), config.val_pool - len(own)))))
+            validator = PageValidator(backbone, val_q, [pages[i] for i in pool], qrels["val"])
         with stages("train"):
-            result = train_retriever(backbone, examples["train"], examples["val"], out_dir, config.train,
-                                     config.lora, eval_pages=all_pages, eval_queries=val_q, eval_qrels=qrels["val"])
+            objective = ContrastiveObjective(backbone, config.loss, config.temperature)
+            result = run_loop(objective, examples["train"], ContrastiveCollator(backbone), config.train, out_dir,
+                              validator)
         if rank != 0:
             _wait_for(out_dir / TRAINING_FILE)  # returns with the checkpoint folder complete, as on rank 0
             return out_dir
@@ -127,15 +148,14 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             ndcg_trained = _ndcg_from_lists(rank_pages(backbone, all_pages, test_q, 10), qrels["test"]) \
                 if test_q else None
         with stages("export"):
+            save_trainable(backbone, out_dir / "final", config.lora, targets)
             export_backbone(backbone, out_dir / "backbone")
         write_training_record(
             out_dir, wall_s=stages.total(), llm_calls=gen["llm_calls"], llm_tokens=gen["llm_tokens"],
-            examples=result.examples, loss_log=result.loss_log, stages=stages.seconds, llm_calls_new=gen["llm_new"],
-            judge=config.judge, backend=gen["backend"], negatives=config.negatives, prompt=config.prompt,
-            train_examples_per_s=round(result.examples_per_s, 3), train_steps=result.steps,
-            train_epochs=result.epochs, best_checkpoint=result.best_checkpoint, val_ndcg_at_10=result.best_ndcg_at_10,
-            test_ndcg_at_10={"base": ndcg_base, "syntr": ndcg_trained}, resumed_from=result.resumed_from,
-            eval_history=result.history, processes=world, notes=gen["notes"])
+            examples=len(examples["train"]), loss_log=result.loss_log, stages=stages.seconds,
+            llm_calls_new=gen["llm_new"], judge=config.judge, backend=gen["backend"], negatives=config.negatives,
+            prompt=config.prompt, loss=config.loss, train=result.record(),
+            test_ndcg_at_10={"base": ndcg_base, "syntr": ndcg_trained}, processes=world, notes=gen["notes"])
     return out_dir
 
 
@@ -148,7 +168,7 @@ def _generate(backbone: Backbone, config: Config, out_dir: Path, stages: Stages,
     rng = random.Random(config.seed)
     sampled = sorted(rng.sample(ids, min(config.pages, len(ids)))) if config.pages else ids
     notes: dict[str, Any] = {}
-    with SynthStore(out_dir / "synth.jsonl") as store:
+    with SynthStore(Path(config.store) if config.store else out_dir / "synth.jsonl") as store:
         backend = make_backend(config.backend)
         with stages("queries"):
             params = QUERY_PARAMS.model_copy(update={"max_new_tokens": config.max_new_tokens})
@@ -197,9 +217,8 @@ def _read_examples(path: Path, pages: dict[str, Page]) -> tuple[dict[str, str], 
         qid, split = r["query_id"], r["split"]
         queries[qid] = r["query"]
         qrels[split][qid] = {p: 1 for p in r["positives"]}
-        negatives = [pages[n] for n in r["negatives"]]
-        for j, pid in enumerate(r["positives"]):
-            examples[split].append(Example(r["query"], pages[pid], negatives, id=f"{qid}/{j}"))
+        examples[split].append(Example(r["query"], [pages[p] for p in r["positives"]],
+                                       [pages[n] for n in r["negatives"]]))
     return queries, examples, qrels
 
 
@@ -301,13 +320,14 @@ def _label(config: Config, value: Any, anchor: Any) -> str | None:
 def judge_queries(backend: Any, store: Any, config: Config, queries: dict[str, str], source: dict[str, str],
                   ranked: dict[str, list[tuple[str, float]]], pages: dict[str, Page],
                   rng: random.Random) -> tuple[dict[str, tuple[list[str], list[str]]], dict[str, Any]]:
-    """{query id: (positive page ids, negative page ids)} for the queries that keep a positive and
-    ``n_negatives`` negatives (filled with random pages outside the top-m when judging found fewer)."""
+    """{query id: (positive page ids, negative page ids)} for the queries that keep a positive: up to
+    ``n_negatives`` judged negatives (fewer when judging found fewer: the batch's other pages are negatives too), or
+    ``n_negatives`` random pages (the ablation)."""
     from harness.synth.operations import JudgeItem
 
     judge = _judge_fn(backend, store, config.judge)
     stats = {"judge": config.judge, "calls": 0, "new": 0, "dropped_source_not_relevant": 0,
-             "dropped_unreadable": 0, "unreadable": 0, "somewhat": 0, "extra_positives": 0, "random_fill": 0}
+             "dropped_unreadable": 0, "unreadable": 0, "somewhat": 0, "extra_positives": 0, "short_of_negatives": 0}
 
     def run(pairs: list[tuple[str, str]]) -> list[Any]:
         if not pairs:
@@ -353,26 +373,20 @@ def judge_queries(backend: Any, store: Any, config: Config, queries: dict[str, s
     out: dict[str, tuple[list[str], list[str]]] = {}
     all_ids = sorted(pages)
     for q, pos in positives.items():
-        negs = negatives[q] if config.negatives == "judged" else []
-        if len(negs) < config.n_negatives:
-            top = {p for p, _ in ranked[q][: config.top_m]} if config.negatives == "judged" else set()
-            pool = [p for p in all_ids if p not in pos and p not in negs and p not in top]
-            fill = rng.sample(pool, min(config.n_negatives - len(negs), len(pool)))
-            if config.negatives == "judged":
-                stats["random_fill"] += len(fill)
-            negs = negs + fill
-        if len(negs) == config.n_negatives:
-            out[q] = (pos, negs)
+        if config.negatives == "judged":
+            negs = negatives[q]
+            stats["short_of_negatives"] += len(negs) < config.n_negatives
+        else:
+            pool = [p for p in all_ids if p not in pos]
+            negs = rng.sample(pool, min(config.n_negatives, len(pool)))
+        out[q] = (pos, negs)
     stats["kept_queries"] = len(out)
     return out, stats
 
 
 def _ndcg_from_lists(ranked: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]],
                      k: int = 10) -> float:
-    total = 0.0
-    for qid, gains in qrels.items():
-        hits = ranked[qid][:k]
-        dcg = sum(gains.get(pid, 0) / math.log2(i + 2) for i, (pid, _) in enumerate(hits))
-        ideal = sum(g / math.log2(i + 2) for i, g in enumerate(sorted(gains.values(), reverse=True)[:k]))
-        total += dcg / ideal if ideal > 0 else 0.0
-    return total / max(len(qrels), 1)
+    """Mean nDCG@k with pytrec_eval (as evaluation computes it) over ranked lists."""
+    run = {q: dict(ranked[q][:k]) for q in qrels}
+    values = per_query_scores(qrels, run, (k,))[f"ndcg_at_{k}"]
+    return sum(values.values()) / max(len(values), 1)

@@ -274,7 +274,7 @@ def train_stage2(backbone: Backbone, queries: list[TrainQuery], tops: list[list[
         if len(top) < 2:
             continue
         # LLM order; ties keep the retriever's order (a stable sort of the retrieval ranking)
-        order = sorted(range(len(top)), key=lambda j: -pref[j])
+        order = sorted(range(len(top)), key=lambda j: -pref[j] if pref[j] is not None else math.inf)
         groups.append((tq, top, order[0], order[1], r))
     if not groups:
         return 0, 0
