@@ -19,7 +19,7 @@ syntriever variants' configs and ``--max-stages`` dropping the variants that tra
 A quick end-to-end check:
 
     python benchmarks/syntriever_scifact_cv.py /work/shared/data/scifact_train --out /tmp/scifact_cv_tiny \\
-        --eval-queries 8 --corpus-sample 40 --set max_queries=4 --set epochs=1 --max-stages 1 --run \\
+        --eval-queries 8 --corpus-sample 40 --set max_queries=4 --set 'train={"steps": 2}' --max-stages 1 --run \\
         --results /tmp/scifact_cv_tiny/results
 """
 

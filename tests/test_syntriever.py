@@ -91,7 +91,8 @@ def _text_run(folder: Path, results: Path, variants: list[dict[str, Any]], split
 
 def test_text_setting_both_stages_through_the_pipeline(split_folder: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
     train_spec = {"path": str(split_folder), "split": "train"}
-    common = {"batch_size": 4, "stage2_batch_size": 4, "top_k": 3, "lr": 1e-4}
+    common = {"train": {"batch_size": 4, "steps": 2, "lr": 1e-4}, "stage2": {"batch_size": 4, "steps": 2},
+              "top_k": 3, "verify_by": "yesno"}
     variants = ["base", {"name": "syntriever", "config": {**common, "stages": 1}, "train_corpus": train_spec},
                 {"name": "syntriever", "config": {**common, "stages": 2, "reg_weight": 0.5},
                  "train_corpus": train_spec}]
@@ -133,7 +134,8 @@ def test_the_evaluated_split_is_never_a_training_split(split_folder: Path, tmp_p
 def test_single_target_loss_is_selectable_and_recorded(split_folder: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
     backbone = build_backbone("ocr-text", {"mode": "pooled"})
     corpus = training_corpus(BeirFolderTask(split_folder, split="train"), with_queries=True)
-    config = recipe.Config(stages=1, loss="single_target", batch_size=2, max_queries=2, verify=False)
+    config = recipe.Config(stages=1, loss="single_target", train={"batch_size": 2, "steps": 2}, max_queries=2,
+                           verify=False)
     out = recipe.train(backbone, corpus, config, tmp_path / "ck" / "a" / "run")
     record = json.loads((out / "training.json").read_text())
     assert record["stage1_loss"] == "single_target" and record["examples"] == 2
@@ -147,8 +149,8 @@ def test_tiny_colpali_through_both_stages_with_pages(image_folder: Path, tmp_pat
     corpus = training_corpus(task)  # pages only: pseudo-queries
     assert corpus.train_queries == {}
     backbone = build_backbone("tiny", {"arch": "colqwen2_5"})
-    config = recipe.Config(stages=2, max_pages=4, batch_size=2, stage2_batch_size=2, top_k=3, max_steps=2,
-                           judge="ql-pmi", reg_weight=0.1)
+    config = recipe.Config(stages=2, max_pages=4, train={"batch_size": 2, "steps": 2},
+                           stage2={"batch_size": 2, "steps": 2}, top_k=3, judge="ql-pmi", reg_weight=0.1)
     out = recipe.train(backbone, corpus, config, tmp_path / "ck" / "tiny" / "run")
     record = json.loads((out / "training.json").read_text())
     assert record["finetune"] == "lora" and record["synthetic_as"] == "image"

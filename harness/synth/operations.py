@@ -442,9 +442,12 @@ def syntriever_params(backend: Backend, params: GenParams) -> GenParams:
 
 def syntriever_synthesis(backend: Backend, store: SynthStore, queries: dict[str, str], *,
                          params: GenParams = SYNTRIEVER_PARAMS, seed: int = 0, verify: bool = True,
+                         verify_by: str = "yesno",
                          progress: bool = True) -> tuple[list[SyntrieverSample], list[Report]]:
     """Relevant passage, plausibly irrelevant passage and chain-of-thought augmentation per query, then
-    self-verification of the GENERATED relevant passage (yes keeps it as a positive, no moves it to the negatives)."""
+    self-verification of the GENERATED relevant passage (yes keeps it as a positive, no moves it to the negatives).
+    ``verify_by``: "yesno" (the paper's question, for instruction-tuned models) or "ql-pmi" (a base model's yes/no is
+    at chance: the passage is kept when it makes the query more likely than no passage does, PMI > 0)."""
     variant = "chat" if backend.instruct else "fewshot"
     p = syntriever_params(backend, params)
     parse = parsing.clean_passage if backend.instruct else parsing.first_paragraph
@@ -465,7 +468,13 @@ def syntriever_synthesis(backend: Backend, store: SynthStore, queries: dict[str,
                     for s in samples if by[(s.query_id, "relevant")]]
     verdicts: dict[str, float | None] = {}
     if verify and verify_items:
-        p_yes, vreport = self_verify(backend, store, verify_items, progress=progress)
+        if verify_by == "ql-pmi":
+            pmi, vreport = judge_query_likelihood(backend, store, verify_items, pmi=True, progress=progress)
+            p_yes = [None if v is None else float(v > 0) for v in pmi]
+        elif verify_by == "yesno":
+            p_yes, vreport = self_verify(backend, store, verify_items, progress=progress)
+        else:
+            raise ValueError(f"verify_by must be 'yesno' or 'ql-pmi', not {verify_by!r}")
         verdicts = {it.query_id: v for it, v in zip(verify_items, p_yes, strict=True)}
         reports.append(vreport)
     for s in samples:

@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from harness.train.lora import load_trainable, save_trainable
@@ -60,7 +60,7 @@ class LoopSpec(BaseModel):
     min_delta: float = Field(0.0, ge=0)
     min_val_queries: int = Field(30, ge=1)  # fewer validation queries: no checkpoint selection (keep the last)
     save_total_limit: int = Field(2, ge=1)  # besides the chosen checkpoint
-    logging_steps: int = Field(5, ge=1)
+    logging_steps: int = Field(1, ge=1)  # loss.jsonl: one line per logged step (the mean since the last)
     seed: int = 0
     bf16: bool = False
 
@@ -285,6 +285,7 @@ def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable
         ddp_find_unused_parameters=True, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
     trainer = _Trainer(model=objective, args=args, train_dataset=ListDataset(items), data_collator=collate,
                        callbacks=[_Monitor(loop)])
+    trainer.remove_callback(PrinterCallback)  # the loss goes to loss.jsonl and the log, not to stdout
     if last is not None and (out_dir / HISTORY_FILE).is_file():
         # validation points and timings up to the checkpoint resumed from (later ones are computed again)
         saved = json.loads((out_dir / HISTORY_FILE).read_text())

@@ -31,6 +31,7 @@ import math
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,20 +39,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page
+from harness.retrieval.maxsim import score_matrix
+from harness.train.loop import LoopResult, LoopSpec, run_loop
 from harness.train.lora import LoraSpec, attach_lora, load_trainable, save_trainable
-from harness.train.syntriever_losses import (
-    maxsim_scores,
-    multi_positive_loss,
-    partial_plackett_luce_loss,
-    reference_kl,
-    single_target_loss,
-)
+from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator, to_device
+from harness.train.syntriever_losses import partial_plackett_luce_loss, reference_kl
 from harness.variants import TrainingCorpus
 from models.syntriever.data import CountingBackend, TrainQuery, passage_page, query_id, subsample
 
 log = logging.getLogger(__name__)
 TRAINS = True
-STAGE2_KEYS = {"stages", "top_k", "judge", "stage2_epochs", "stage2_batch_size", "stage2_lr", "reg_weight"}
+STAGE2_KEYS = {"stages", "top_k", "judge", "stage2", "reg_weight"}
 
 
 class Config(BaseModel):
@@ -71,22 +69,23 @@ class Config(BaseModel):
     query_kind: Literal["specific", "general"] = "specific"
     # text setting (a training split): subsample of its queries
     max_queries: int | None = Field(None, ge=1)
-    # stage 1
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(2e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    # stage 2
+    # self-verification of the generated passage: yes/no for instruction-tuned LLMs; for base models (whose yes/no is
+    # at chance) query likelihood: kept when the passage makes the query more likely than no passage (PMI > 0)
+    verify_by: Literal["auto", "yesno", "ql-pmi"] = "auto"
+    # validation (the loop's checkpoint choice): a held-out share of the training queries, ranked over their gold pages
+    # plus a seeded sample of the corpus
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    val_pool: int = Field(200, ge=1)
+    # stage 1 (the paper: batch 60, warmup 1000 steps, 10 epochs on GPUs; here a step budget)
+    train: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=200, batch_size=16, lr=2e-5))
+    # stage 2 (the paper: batch 100, one epoch)
     top_k: int = Field(5, ge=2)
     judge: Literal["pairwise", "ql-pmi"] = "pairwise"
-    stage2_epochs: int = Field(1, ge=1)
-    stage2_batch_size: int = Field(16, ge=1)
-    stage2_lr: float = Field(1e-5, gt=0)
+    stage2: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=50, batch_size=16, lr=1e-5))
     reg_weight: float = Field(0.0, ge=0)
     # optimisation
     finetune: Literal["auto", "full", "lora"] = "auto"
     lora: LoraSpec = Field(default_factory=lambda: LoraSpec(r=16, alpha=32.0, dropout=0.0))
-    max_steps: int | None = Field(None, ge=1)  # per stage (tests)
     seed: int = 0
 
 
@@ -139,84 +138,45 @@ def _prepare(backbone: Backbone, mode: str, spec: LoraSpec) -> list[str] | None:
     return None
 
 
-# --- the loop ---------------------------------------------------------------------------------------------------
-class LossLog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.step = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-
-    def add(self, epoch: float, loss: float, stage: int) -> None:
-        self.step += 1
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": self.step, "epoch": round(epoch, 4), "loss": loss, "stage": stage}) + "\n")
+# --- stage 1 ----------------------------------------------------------------------------------------------------
+def split_validation(queries: list[TrainQuery], config: Config) -> tuple[list[TrainQuery], list[TrainQuery]]:
+    """(train, validation): a seeded share of the queries, grouped by gold pages (no page's queries in both)."""
+    groups = sorted({tuple(q.gold) for q in queries})
+    random.Random(config.seed + 3).shuffle(groups)
+    held = set(groups[: round(len(groups) * config.val_fraction)])
+    return [q for q in queries if tuple(q.gold) not in held], [q for q in queries if tuple(q.gold) in held]
 
 
-def _optimise(backbone: Backbone, batches_per_epoch: int, epochs: int, lr: float, warmup_ratio: float,
-              max_steps: int | None) -> tuple[torch.optim.Optimizer, Any, int]:
-    total = batches_per_epoch * epochs if max_steps is None else min(max_steps, batches_per_epoch * epochs)
-    params = [p for p in backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = int(total * warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), total
+def validator(backbone: Backbone, val: list[TrainQuery], pages: dict[str, Page], config: Config) -> Any:
+    if not val:
+        return None
+    own = sorted({g for q in val for g in q.gold})
+    others = sorted(set(pages) - set(own))
+    pool = own + sorted(random.Random(config.seed + 4).sample(others, max(0, min(len(others),
+                                                                                config.val_pool - len(own)))))
+    return PageValidator(backbone, {q.id: q.text for q in val}, [pages[i] for i in pool],
+                         {q.id: {g: 1 for g in q.gold} for q in val})
 
 
-def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+def stage1_examples(queries: list[TrainQuery], pages: dict[str, Page], config: Config) -> list[Example]:
+    """multi_positive: gold, verified synthetic passage and CoT are all positives (the paper's form). single_target:
+    the gold alone is the target, the other synthetic texts stand among the negatives (the seed code's form)."""
+    out = []
+    for tq in queries:
+        gold = [pages[g] for g in tq.gold]
+        extra = tq.positives + ([tq.cot] if tq.cot else [])
+        if config.loss == "multi_positive":
+            out.append(Example(tq.text, gold + extra, list(tq.negatives)))
+        else:
+            out.append(Example(tq.text, gold[:1], extra + list(tq.negatives)))
+    return out
 
 
-def _scores(backbone: Backbone, queries: list[str], pages: list[Page], temperature: float) -> torch.Tensor:
-    q, qm = backbone.forward_queries(_to(backbone.query_inputs(queries), backbone.device))
-    d, dm = backbone.forward_pages(_to(backbone.page_inputs(pages), backbone.device))
-    return maxsim_scores(q.float(), qm.bool(), d.float(), dm.bool()) / temperature
-
-
-def train_stage1(backbone: Backbone, queries: list[TrainQuery], pages: dict[str, Page], config: Config,
-                 losses: LossLog) -> int:
-    rng = random.Random(config.seed)
-    order = list(range(len(queries)))
-    n_batches = math.ceil(len(order) / config.batch_size)
-    opt, sched, total = _optimise(backbone, n_batches, config.epochs, config.lr, config.warmup_ratio,
-                                  config.max_steps)
-    backbone.train()
-    step = 0
-    for epoch in range(config.epochs):
-        rng.shuffle(order)
-        for b in range(n_batches):
-            if step >= total:
-                return step
-            batch = [queries[i] for i in order[b * config.batch_size : (b + 1) * config.batch_size]]
-            cands: list[Page] = []
-            index: dict[str, int] = {}
-            for tq in batch:
-                for page in [pages[g] for g in tq.gold] + tq.positives + ([tq.cot] if tq.cot else []) + tq.negatives:
-                    if page.id not in index:
-                        index[page.id] = len(cands)
-                        cands.append(page)
-            positive = torch.zeros(len(batch), len(cands), dtype=torch.bool)
-            for i, tq in enumerate(batch):
-                for page in [pages[g] for g in tq.gold if g in pages] + tq.positives + ([tq.cot] if tq.cot else []):
-                    positive[i, index[page.id]] = True
-            scores = _scores(backbone, [tq.text for tq in batch], cands, config.temperature)
-            if config.loss == "multi_positive":
-                loss = multi_positive_loss(scores, positive.to(scores.device))
-            else:
-                target = torch.tensor([index[tq.gold[0]] for tq in batch], device=scores.device)
-                loss = single_target_loss(scores, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            losses.add(epoch + (b + 1) / n_batches, float(loss.detach()), 1)
-    return step
+def train_stage1(backbone: Backbone, queries: list[TrainQuery], val: list[TrainQuery], pages: dict[str, Page],
+                 config: Config, out_dir: Path) -> LoopResult:
+    objective = ContrastiveObjective(backbone, "infonce", config.temperature)
+    return run_loop(objective, stage1_examples(queries, pages, config), ContrastiveCollator(backbone), config.train,
+                    out_dir, validator(backbone, val, pages, config))
 
 
 @torch.inference_mode()
@@ -267,56 +227,65 @@ def judge_topk(backend: Any, store: Any, queries: list[TrainQuery], tops: list[l
     return out, [report]
 
 
-def train_stage2(backbone: Backbone, queries: list[TrainQuery], tops: list[list[int]], prefs: list[list[float]],
-                 ref: list[torch.Tensor], corpus: list[Page], config: Config, losses: LossLog) -> tuple[int, int]:
+@dataclass
+class Group:
+    """A stage-2 item: a query, its stage-1 top-k (corpus indices), the LLM's first and second choice, and the
+    stage-1 scores of the top-k (the optional regulariser's reference)."""
+
+    query: str
+    top: list[int]
+    first: int
+    second: int
+    reference: torch.Tensor
+
+
+class AlignmentObjective(torch.nn.Module):
+    """Partial Plackett-Luce over the batch's distinct candidates, plus ``reg_weight`` x KL to stage 1."""
+
+    def __init__(self, backbone: Backbone, corpus: list[Page], temperature: float, reg_weight: float) -> None:
+        super().__init__()
+        self.backbone, self.corpus, self.temperature, self.reg_weight = backbone, corpus, temperature, reg_weight
+
+    def collate(self, batch: list[Group]) -> dict[str, Any]:
+        index: dict[int, int] = {}
+        for g in batch:
+            for i in g.top:
+                index.setdefault(i, len(index))
+        return {"query": self.backbone.query_inputs([g.query for g in batch]),
+                "pages": self.backbone.page_inputs([self.corpus[i] for i in index]),
+                "first": torch.tensor([index[g.top[g.first]] for g in batch]),
+                "second": torch.tensor([index[g.top[g.second]] for g in batch]),
+                "own": [[index[i] for i in g.top] for g in batch], "reference": [g.reference for g in batch]}
+
+    def forward(self, query: dict[str, Any], pages: dict[str, Any], first: torch.Tensor, second: torch.Tensor,
+                own: list[list[int]], reference: list[torch.Tensor]) -> torch.Tensor:
+        q, qm = self.backbone.forward_queries(to_device(query, self.backbone.device))
+        d, dm = self.backbone.forward_pages(to_device(pages, self.backbone.device))
+        scores = score_matrix(q.float(), qm, d.float(), dm) / qm.sum(1, keepdim=True).clamp(min=1) / self.temperature
+        loss = partial_plackett_luce_loss(scores, first.to(scores.device), second.to(scores.device))
+        if self.reg_weight > 0:
+            width = max(len(c) for c in own)
+            mine = torch.full((len(own), width), float("-inf"), device=scores.device)
+            refs = torch.full((len(own), width), float("-inf"), device=scores.device)
+            valid = torch.zeros(len(own), width, dtype=torch.bool, device=scores.device)
+            for i, (cols, r) in enumerate(zip(own, reference, strict=True)):
+                mine[i, : len(cols)] = scores[i, cols]
+                refs[i, : len(cols)] = r.to(scores.device)
+                valid[i, : len(cols)] = True
+            loss = loss + self.reg_weight * reference_kl(mine, refs, valid)
+        return loss
+
+
+def stage2_groups(queries: list[TrainQuery], tops: list[list[int]], prefs: list[list[float]],
+                  ref: list[torch.Tensor]) -> list[Group]:
     groups = []
     for tq, top, pref, r in zip(queries, tops, prefs, ref, strict=True):
         if len(top) < 2:
             continue
-        # LLM order; ties keep the retriever's order (a stable sort of the retrieval ranking)
+        # LLM order; ties and unreadable verdicts keep the retriever's order (a stable sort of the retrieval ranking)
         order = sorted(range(len(top)), key=lambda j: -pref[j] if pref[j] is not None else math.inf)
-        groups.append((tq, top, order[0], order[1], r))
-    if not groups:
-        return 0, 0
-    rng = random.Random(config.seed + 1)
-    bs = config.stage2_batch_size
-    n_batches = math.ceil(len(groups) / bs)
-    opt, sched, total = _optimise(backbone, n_batches, config.stage2_epochs, config.stage2_lr, 0.0, config.max_steps)
-    backbone.train()
-    step = 0
-    for epoch in range(config.stage2_epochs):
-        rng.shuffle(groups)
-        for b in range(n_batches):
-            if step >= total:
-                return step, len(groups)
-            batch = groups[b * bs : (b + 1) * bs]
-            index: dict[int, int] = {}
-            for _, top, *_ in batch:
-                for i in top:
-                    index.setdefault(i, len(index))
-            cands = [corpus[i] for i in index]
-            scores = _scores(backbone, [g[0].text for g in batch], cands, config.temperature)
-            first = torch.tensor([index[g[1][g[2]]] for g in batch], device=scores.device)
-            second = torch.tensor([index[g[1][g[3]]] for g in batch], device=scores.device)
-            loss = partial_plackett_luce_loss(scores, first, second)
-            if config.reg_weight > 0:
-                cols = [[index[i] for i in g[1]] for g in batch]
-                width = max(len(c) for c in cols)
-                own = torch.full((len(batch), width), float("-inf"), device=scores.device)
-                refs = torch.full((len(batch), width), float("-inf"), device=scores.device)
-                valid = torch.zeros(len(batch), width, dtype=torch.bool, device=scores.device)
-                for i, (c, g) in enumerate(zip(cols, batch, strict=True)):
-                    own[i, : len(c)] = scores[i, c]
-                    refs[i, : len(c)] = g[4].to(scores.device)
-                    valid[i, : len(c)] = True
-                loss = loss + config.reg_weight * reference_kl(own, refs, valid)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            losses.add(epoch + (b + 1) / n_batches, float(loss.detach()), 2)
-    return step, len(groups)
+        groups.append(Group(tq.text, top, order[0], order[1], r))
+    return groups
 
 
 # --- the recipe -------------------------------------------------------------------------------------------------
@@ -345,8 +314,11 @@ def synthesize(backend: Any, store: Any, queries: list[TrainQuery], config: Conf
     from harness.synth.backends import GenParams
 
     params = GenParams(max_new_tokens=config.passage_tokens, temperature=0.7, top_p=1.0)
+    verify_by = config.verify_by if config.verify_by != "auto" else ("yesno" if backend.instruct else "ql-pmi")
     samples, reps = ops.syntriever_synthesis(backend, store, {q.id: q.text for q in queries}, params=params,
-                                             seed=config.seed, verify=config.verify, progress=False)
+                                             seed=config.seed, verify=config.verify, verify_by=verify_by,
+                                             progress=False)
+    report["verify_by"] = verify_by if config.verify else None
     counts = {"queries": len(queries), "positives_kept": 0, "negatives": 0, "cot": 0}
     for tq, s in zip(queries, samples, strict=True):
         assert tq.id == s.query_id
@@ -359,6 +331,13 @@ def synthesize(backend: Any, store: Any, queries: list[TrainQuery], config: Conf
         counts["cot"] += tq.cot is not None
     report["synthesis_reports"] = [r.line() for r in reps]
     report["synthetic"] = counts
+
+
+def _stage_lines(path: Path, stage: int) -> list[str]:
+    """A stage's loss lines, tagged with the stage, for the run's combined loss.jsonl."""
+    if not path.is_file():
+        return []
+    return [json.dumps({**json.loads(line), "stage": stage}) for line in path.read_text().splitlines() if line]
 
 
 def _llm(backend: CountingBackend, before: tuple[int, int], seconds: float) -> dict[str, Any]:
@@ -385,8 +364,12 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
                               "temperature": config.temperature, "judge": config.judge if config.stages == 2 else None,
                               "reg_weight": config.reg_weight, "backend": backend.describe(),
                               "store": str(store_path.resolve())}
-    losses = LossLog(out_dir / "loss.jsonl")
+    loss_lines: list[str] = []
     targets = _prepare(backbone, mode, config.lora)
+    if hasattr(backbone, "page_texts") and any(p.image is not None for p in pages.values()):
+        # the OCR-text backbone reads a page as its OCR text: resolve it once (cached) instead of at every step
+        ids = list(pages)
+        pages = {i: Page(i, text=t) for i, t in zip(ids, backbone.page_texts([pages[i] for i in ids]), strict=True)}
     with SynthStore(store_path) as store:
         # --- stage 1 (cached: a stages-2 run after a stages-1 run reuses it) ---
         done1 = stage1_dir / "stage1.json"
@@ -397,9 +380,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             else:
                 load_full(backbone, stage1_dir / "final")
             queries = [TrainQuery(q["id"], q["text"], q["gold"]) for q in s1["queries"]]
-            for line in (stage1_dir / "loss.jsonl").read_text().splitlines():
-                row = json.loads(line)
-                losses.add(row["epoch"], row["loss"], 1)
+            loss_lines += _stage_lines(stage1_dir / "loss.jsonl", 1)
             s1["reused"] = True
         else:
             t = time.perf_counter()
@@ -412,13 +393,11 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             synthesize(backend, store, queries, config, as_image, info)
             synth = _llm(backend, before, time.perf_counter() - t)
             t = time.perf_counter()
-            s1_losses = LossLog(stage1_dir / "loss.jsonl")
-            steps = train_stage1(backbone, queries, pages, config, s1_losses)
-            for line in s1_losses.path.read_text().splitlines():
-                row = json.loads(line)
-                losses.add(row["epoch"], row["loss"], 1)
-            s1 = {"synthesis": synth, "train_s": round(time.perf_counter() - t, 3), "steps": steps,
-                  "examples": len(queries), **info,
+            train_q, val_q = split_validation(queries, config)
+            result = train_stage1(backbone, train_q, val_q, pages, config, stage1_dir)
+            loss_lines += _stage_lines(stage1_dir / "loss.jsonl", 1)
+            s1 = {"synthesis": synth, "train_s": round(time.perf_counter() - t, 3), "steps": result.steps,
+                  "train": result.record(), "examples": len(train_q), "validation_queries": len(val_q), **info,
                   "queries": [{"id": q.id, "text": q.text, "gold": q.gold} for q in queries]}
             save_state(backbone, stage1_dir / "final", mode, config.lora, targets)
             tmp = done1.with_suffix(".tmp")
@@ -427,10 +406,10 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             s1["reused"] = False
         record["stage1"] = {k: v for k, v in s1.items() if k != "queries"}
         record["stage1"]["queries_file"] = str(done1.resolve())
-        examples = len(queries)
+        examples = s1["examples"]
         # --- stage 2 ---
         if config.stages == 2:
-            corpus_pages = list(corpus.pages)
+            corpus_pages = [pages[p.id] for p in corpus.pages]
             t = time.perf_counter()
             tops, ref = retrieve(backbone, queries, corpus_pages, config.top_k, config.temperature)
             retrieve_s = time.perf_counter() - t
@@ -439,11 +418,19 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             prefs, reps = judge_topk(backend, store, queries, tops, corpus_pages, config.judge)
             judge = _llm(backend, before, time.perf_counter() - t)
             t = time.perf_counter()
-            steps, groups = train_stage2(backbone, queries, tops, prefs, ref, corpus_pages, config, losses)
+            groups = stage2_groups(queries, tops, prefs, ref)
+            if not groups:
+                raise ValueError("syntriever: stage 2 has no query with two retrieved candidates")
+            objective = AlignmentObjective(backbone, corpus_pages, config.temperature, config.reg_weight)
+            train_q, val_q = split_validation(queries, config)
+            held = {q.text for q in val_q}
+            result2 = run_loop(objective, [g for g in groups if g.query not in held], objective.collate,
+                               config.stage2, out_dir / "stage2", validator(backbone, val_q, pages, config))
+            loss_lines += _stage_lines(out_dir / "stage2" / "loss.jsonl", 2)
             record["stage2"] = {"retrieve_s": round(retrieve_s, 3), "judge": judge,
                                 "judge_reports": [r.line() for r in reps],
                                 "train_s": round(time.perf_counter() - t, 3),
-                                "steps": steps, "examples": groups,
+                                "steps": result2.steps, "train": result2.record(), "examples": len(groups),
                                 "gold_in_top_k": sum(any(corpus_pages[i].id in q.gold for i in top)
                                                      for q, top in zip(queries, tops, strict=True))}
     final = out_dir / "final"
@@ -466,9 +453,13 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     wall = (time.perf_counter() - start) + (stage1_wall if s1.get("reused") else 0.0)
     from harness.train.record import write_training_record
 
+    loss_log = out_dir / "loss.jsonl"
+    tmp = loss_log.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in loss_lines))
+    tmp.replace(loss_log)
     write_training_record(out_dir, wall_s=wall, llm_calls=s1_llm["llm_calls"] + s2_llm["llm_calls"],
                           llm_tokens=s1_llm["llm_tokens"] + s2_llm["llm_tokens"], examples=examples,
-                          loss_log=str(losses.path.resolve()),
+                          loss_log=str(loss_log.resolve()),
                           stages={k: v.get("train_s", 0.0) for k, v in record["per_stage"].items()}, **record)
     log.info("syntriever: trained %d stage(s) in %.0f s -> %s", config.stages, wall, out_dir)
     return out_dir
