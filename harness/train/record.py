@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.backbones.base import Backbone
-from harness.train.lora import merge_lora, merge_saved_lora
+from harness.train.lora import MERGED_FROM, LoraSpec, attach_lora, merge_lora, merge_saved_lora, save_trainable
+
+FULL_FILE = "full.safetensors"
 
 TRAINING_FILE = "training.json"
 
@@ -70,3 +72,49 @@ def load_checkpoint(backbone: Backbone, checkpoint: Path) -> Backbone:
     (``merge_saved_lora``)."""
     merge_saved_lora(backbone, Path(checkpoint) / "final")
     return backbone
+
+
+def prepare_finetune(backbone: Backbone, mode: str, lora: LoraSpec) -> list[str] | None:
+    """``mode`` "lora": attach the adapter (returns its targets); "full": every weight trains (returns None)."""
+    if mode == "lora":
+        return attach_lora(backbone, lora)
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    return None
+
+
+def finetune_mode(backbone: Backbone, mode: str) -> str:
+    """"auto": the small OCR-text encoder is fully fine-tuned, larger (visual) backbones get LoRA."""
+    if mode != "auto":
+        return mode
+    return "full" if backbone.family == "ocr-text" else "lora"
+
+
+def save_final(backbone: Backbone, folder: Path, lora: LoraSpec | None, targets: list[str] | None) -> None:
+    """The trained state: the adapter (``lora`` given) or every weight (full fine-tuning)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if lora is not None:
+        save_trainable(backbone, folder, lora, targets)
+        return
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    tmp = folder / (FULL_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(folder / FULL_FILE)
+
+
+def load_final(backbone: Backbone, checkpoint: Path) -> Backbone:
+    """Put ``checkpoint/final`` (an adapter, merged; or full weights) into ``backbone``, once per folder."""
+    final = Path(checkpoint) / "final"
+    if (final / FULL_FILE).is_file():
+        if getattr(backbone, MERGED_FROM, None) != str(final):
+            from safetensors.torch import load_file
+
+            backbone.load_state_dict(load_file(str(final / FULL_FILE)), strict=True)
+            setattr(backbone, MERGED_FROM, str(final))
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        return backbone
+    return load_checkpoint(backbone, checkpoint)

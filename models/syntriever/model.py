@@ -9,8 +9,7 @@ from pathlib import Path
 from harness.backbones import Backbone
 from harness.evaluate.encoder import HarnessEncoder, make_meta
 from harness.retrieval.cache import EmbeddingCache
-from harness.train.lora import MERGED_FROM
-from harness.train.record import TRAINING_FILE, load_checkpoint
+from harness.train.record import TRAINING_FILE, load_final
 
 VARIANT = "syntriever"
 
@@ -21,17 +20,7 @@ def load_model(backbone: Backbone, checkpoint: Path | None = None,
         raise ValueError("the syntriever variant needs a checkpoint (it trains)")
     checkpoint = Path(checkpoint)
     record = json.loads((checkpoint / TRAINING_FILE).read_text())
-    final = checkpoint / "final"
-    if (final / "lora.json").is_file():
-        load_checkpoint(backbone, checkpoint)  # re-attach (or reuse) the LoRA, load it, merge it
-    else:
-        from models.syntriever.recipe import load_full
-
-        if getattr(backbone, MERGED_FROM, None) != str(final):
-            load_full(backbone, final)
-            setattr(backbone, MERGED_FROM, str(final))
-        for p in backbone.parameters():
-            p.requires_grad_(False)
+    load_final(backbone, checkpoint)  # the adapter (re-attached or reused, merged) or the fully fine-tuned weights
     label = f"{VARIANT}-s{int(record.get('stages_trained', 2))}"
     meta = make_meta(f"{label}/{backbone.describe()}", backbone.fingerprint(), backbone,
                      adapted_from=getattr(backbone.config, "encoder", None) or getattr(backbone.config, "model", None))

@@ -41,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from harness.backbones import Backbone, Page
 from harness.retrieval.maxsim import score_matrix
 from harness.train.loop import LoopResult, LoopSpec, run_loop
-from harness.train.lora import LoraSpec, attach_lora, load_trainable, save_trainable
+from harness.train.lora import LoraSpec, load_trainable
 from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator, to_device
+from harness.train.record import FULL_FILE, finetune_mode, prepare_finetune, save_final
 from harness.train.syntriever_losses import partial_plackett_luce_loss, reference_kl
 from harness.variants import TrainingCorpus
 from models.syntriever.data import CountingBackend, TrainQuery, passage_page, query_id, subsample
@@ -95,12 +96,6 @@ def make_backend(spec: dict[str, Any]) -> Any:  # a module-level name, so tests 
     return make(spec)
 
 
-def _mode(backbone: Backbone, config: Config) -> str:
-    if config.finetune != "auto":
-        return config.finetune
-    return "full" if backbone.family == "ocr-text" else "lora"
-
-
 def _as_image(backbone: Backbone, config: Config) -> bool:
     return config.synthetic_as == "image" or (config.synthetic_as == "auto" and backbone.family != "ocr-text")
 
@@ -113,29 +108,11 @@ def _stage1_key(backbone_fp: str, config: Config, corpus: TrainingCorpus) -> str
 
 
 # --- persistence ------------------------------------------------------------------------------------------------
-def save_state(backbone: Backbone, folder: Path, mode: str, spec: LoraSpec, targets: list[str] | None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    if mode == "lora":
-        save_trainable(backbone, folder, spec, targets)
-    else:
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-        save_file(state, str(folder / "full.safetensors"), metadata={"format": "pt"})
-
-
-def load_full(backbone: Backbone, folder: Path) -> None:
+def load_state(backbone: Backbone, folder: Path) -> None:
+    """Full weights saved by ``save_final`` into a backbone that keeps training (no merge, gradients on)."""
     from safetensors.torch import load_file
 
-    backbone.load_state_dict(load_file(str(folder / "full.safetensors")), strict=True)
-
-
-def _prepare(backbone: Backbone, mode: str, spec: LoraSpec) -> list[str] | None:
-    if mode == "lora":
-        return attach_lora(backbone, spec)
-    for p in backbone.parameters():
-        p.requires_grad_(True)
-    return None
+    backbone.load_state_dict(load_file(str(folder / FULL_FILE)), strict=True)
 
 
 # --- stage 1 ----------------------------------------------------------------------------------------------------
@@ -352,7 +329,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    mode, as_image = _mode(backbone, config), _as_image(backbone, config)
+    mode, as_image = finetune_mode(backbone, config.finetune), _as_image(backbone, config)
     fp0 = backbone.fingerprint()
     stage1_dir = out_dir.parent / f"stage1-{_stage1_key(fp0, config, corpus)}"
     store_path = Path(config.store) if config.store else out_dir.parent.parent / "synth" / f"{corpus.name}.jsonl"
@@ -365,7 +342,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
                               "reg_weight": config.reg_weight, "backend": backend.describe(),
                               "store": str(store_path.resolve())}
     loss_lines: list[str] = []
-    targets = _prepare(backbone, mode, config.lora)
+    targets = prepare_finetune(backbone, mode, config.lora)
     if hasattr(backbone, "page_texts") and any(p.image is not None for p in pages.values()):
         # the OCR-text backbone reads a page as its OCR text: resolve it once (cached) instead of at every step
         ids = list(pages)
@@ -378,7 +355,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             if mode == "lora":
                 load_trainable(backbone, stage1_dir / "final")
             else:
-                load_full(backbone, stage1_dir / "final")
+                load_state(backbone, stage1_dir / "final")
             queries = [TrainQuery(q["id"], q["text"], q["gold"]) for q in s1["queries"]]
             loss_lines += _stage_lines(stage1_dir / "loss.jsonl", 1)
             s1["reused"] = True
@@ -399,7 +376,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             s1 = {"synthesis": synth, "train_s": round(time.perf_counter() - t, 3), "steps": result.steps,
                   "train": result.record(), "examples": len(train_q), "validation_queries": len(val_q), **info,
                   "queries": [{"id": q.id, "text": q.text, "gold": q.gold} for q in queries]}
-            save_state(backbone, stage1_dir / "final", mode, config.lora, targets)
+            save_final(backbone, stage1_dir / "final", config.lora if mode == "lora" else None, targets)
             tmp = done1.with_suffix(".tmp")
             tmp.write_text(json.dumps(s1, indent=2))
             tmp.replace(done1)
@@ -438,7 +415,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     if config.stages == 1:
         shutil.copytree(stage1_dir / "final", final)
     else:
-        save_state(backbone, final, mode, config.lora, targets)
+        save_final(backbone, final, config.lora if mode == "lora" else None, targets)
     s1_llm = record["stage1"]["synthesis"]
     s2_llm = record.get("stage2", {}).get("judge", {"llm_calls": 0, "llm_tokens": 0, "wall_s": 0.0})
     record["per_stage"] = {
