@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_beir
 
+from conftest import write_beir
 from harness.backbones import build_backbone
 from harness.config import ConfigError, RunConfig
 from harness.pipeline import run, training_corpus
@@ -62,3 +62,17 @@ def test_supervised_never_trains_on_the_evaluated_split(folder: Path, tmp_path: 
                        tasks=[{"path": str(folder), "split": "test"}])
     with pytest.raises(ConfigError, match="also evaluated"):
         run(config)
+
+
+def test_leaderboard_shows_the_share_of_the_supervised_gain() -> None:
+    import pandas as pd
+
+    from harness.report.board import _add_recovered
+
+    table = pd.DataFrame({"backbone": ["a", "a", "a", "a", "b"],
+                          "variant": ["base", "supervised", "syntr", "x", "syntr"],
+                          "delta_s": [0.0, 0.04, 0.01, -0.02, 0.03]})
+    _add_recovered(table, ["s"])
+    got = table.recovered_s.tolist()
+    assert got[2] == pytest.approx(0.25) and got[3] == pytest.approx(-0.5)
+    assert all(pd.isna(got[i]) for i in (0, 1, 4))  # base and supervised themselves; backbone b has no supervised

@@ -19,7 +19,7 @@ from harness.report.costs import row_costs
 from harness.report.results import Entry
 
 log = logging.getLogger("leaderboard")
-BASE = "base"
+BASE, SUPERVISED = "base", "supervised"
 # Holm-adjusted p below the bound. No 0.001 level: with 10,000 random flips the smallest p is 1/10,001, which
 # Holm multiplies by up to the number of columns (10 for ViDoRe v1).
 MARKERS = ((0.01, "**"), (0.05, "*"))
@@ -152,10 +152,21 @@ def build(entries: list[Entry], *, filters: Filters | None = None, view: str = "
     base = table[table.variant == BASE].set_index("backbone")
     for col in [*names, "average"]:
         table[f"delta_{col}"] = table[col] - table.backbone.map(base[col])  # NaN where no base row
+    _add_recovered(table, [*names, "average"])
     if reference:
         _add_reference(table, [*names, "average"], reference, models)
     tests = _tests(names, per_query, reference, models, n_permutations, n_boot, seed)
     return Board(columns, table, tests, score_ci, current, history, view, reference)
+
+
+def _add_recovered(table: pd.DataFrame, columns: list[str]) -> None:
+    """recovered_<column>: a row's gain over base as a share of the ``supervised`` row's gain on the same backbone
+    (the ceiling a synthetic recipe tries to reach); NaN without a supervised row, or where it does not gain."""
+    sup = table[table.variant == SUPERVISED].set_index("backbone")
+    for col in columns:
+        gain = table.backbone.map(sup[f"delta_{col}"]) if len(sup) else pd.Series(math.nan, index=table.index)
+        share = table[f"delta_{col}"] / gain.where(gain > 0)
+        table[f"recovered_{col}"] = share.where(~table.variant.isin([BASE, SUPERVISED]))
 
 
 def _add_reference(table: pd.DataFrame, columns: list[str], reference: str,

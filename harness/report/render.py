@@ -17,7 +17,9 @@ TEXT_COLUMNS = {"backbone", "variant", "reference", "against", "column"}  # left
 LEGEND = {
     "scores": "Main score x 100 (nDCG@5 for page tasks, nDCG@10 for text tasks); (+x) is the change against the "
               "same backbone's base. " + ", ".join(f"{m} p < {b}" for b, m in MARKERS[::-1])
-              + ": paired permutation test on per-query scores, Holm-adjusted across the table's columns.",
+              + ": paired permutation test on per-query scores, Holm-adjusted across the table's columns. "
+              "\"of supervised gain\": the row's average gain over base as a share of the supervised row's gain on the "
+              "same backbone (shown when a supervised row exists).",
     "reference": "Change against the reference row x 100, with the same markers.",
     "in_domain": f"{IN_DOMAIN_MARK} in-domain: ViDoRe v1 tasks whose data overlaps colpali's training set.",
     "costs": "Training wall time and synthetic-data LLM calls from the recipe's record; encode ms per page and "
@@ -88,6 +90,9 @@ def score_grid(board: Board) -> Grid:
     """Scores with the change against the same backbone's base and its significance marker."""
     marks = _markers(board, "base")
     header = ["backbone", "variant", *[header_name(c) for c in board.columns], "average", "Δ avg vs base"]
+    shares = "recovered_average" in board.table and board.table.recovered_average.notna().any()
+    if shares:
+        header.append("of supervised gain")
     rows = []
     for _, r in board.table.iterrows():
         cells: list[Cell] = [(r.backbone, r.backbone), (r.variant, r.variant)]
@@ -98,6 +103,9 @@ def score_grid(board: Board) -> Grid:
             cells.append((text, _key(r[c.name])))
         delta = "" if r.variant == BASE else fmt_delta(r["delta_average"])
         cells += [(fmt_score(r["average"]), _key(r["average"])), (delta, _key(r["delta_average"]))]
+        if shares:
+            share = r["recovered_average"]
+            cells.append(("" if _nan(share) else f"{100 * share:.0f}%", _key(share)))
         rows.append(cells)
     return header, rows
 
