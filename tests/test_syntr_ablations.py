@@ -101,6 +101,14 @@ def test_yesno_judge_labels(tmp_path: Path) -> None:
     assert stats["unreadable"] == 4 and stats["short_of_negatives"] == stats["somewhat"] == 0
 
 
+def test_no_negatives_judges_only_the_source_page(tmp_path: Path) -> None:
+    labels, stats = _judge(tmp_path, judge="graded", negatives="none")
+    # the source pages are judged (p4 unreadable and p5 not relevant are dropped), nothing else is
+    assert sorted(labels) == ["p0#q0", "p1#q0", "p2#q0", "p3#q0"]
+    assert all(pos == [q.split("#")[0]] and neg == [] for q, (pos, neg) in labels.items())
+    assert stats["calls"] == 6 and stats["short_of_negatives"] == 0
+
+
 def test_random_negatives_ignore_the_judge(tmp_path: Path) -> None:
     labels, stats = _judge(tmp_path, judge="graded", negatives="random", extra_positives=True)
     # the judge still picks positives (and drops conflicting sources), but never negatives

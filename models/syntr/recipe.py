@@ -74,7 +74,9 @@ class Config(BaseModel):
     # 3. judging
     judge: Literal["ql-pmi", "ql", "yesno", "graded"] = "ql-pmi"
     top_m: int = Field(20, ge=1)
-    negatives: Literal["judged", "random"] = "judged"  # ablation: VLM-judged hard negatives or random pages
+    # ablation: judged hard negatives, random pages, or none (the source page is still judged, as a filter on the
+    # query, and the batch's other pages are the negatives: the cheapest setting, one judge call per query)
+    negatives: Literal["judged", "random", "none"] = "judged"
     n_negatives: int = Field(3, ge=1)  # ablation: number of negatives per query
     extra_positives: bool = False  # ablation: pages judged highly relevant become extra positives
     pos_margin: float = Field(0.1, ge=0)  # score judges: within this of the source page's score -> positive
@@ -340,7 +342,7 @@ def judge_queries(backend: Any, store: Any, config: Config, queries: dict[str, s
     positives: dict[str, list[str]] = {q: [source[q]] for q in queries}
     negatives: dict[str, list[str]] = {q: [] for q in queries}
     anchor: dict[str, Any] = {}
-    if config.negatives == "judged" or config.extra_positives:
+    if config.negatives in ("judged", "none") or config.extra_positives:
         # The source page first: the anchor of score judges, and the conflict check of all judges.
         for q, v in zip(queries, run([(q, source[q]) for q in queries]), strict=True):
             anchor[q] = v
@@ -354,7 +356,8 @@ def judge_queries(backend: Any, store: Any, config: Config, queries: dict[str, s
                 stats["dropped_source_not_relevant"] += 1
                 positives.pop(q)
         # Rank order, one depth at a time for every unfinished query (greedy stop per query).
-        candidates = {q: [p for p, _ in ranked[q][: config.top_m] if p != source[q]] for q in positives}
+        depth_m = config.top_m if config.negatives == "judged" or config.extra_positives else 0
+        candidates = {q: [p for p, _ in ranked[q][:depth_m] if p != source[q]] for q in positives}
         for depth in range(config.top_m):
             todo = [(q, c[depth]) for q, c in candidates.items() if depth < len(c)
                     and len(negatives[q]) < config.n_negatives]
@@ -376,6 +379,8 @@ def judge_queries(backend: Any, store: Any, config: Config, queries: dict[str, s
         if config.negatives == "judged":
             negs = negatives[q]
             stats["short_of_negatives"] += len(negs) < config.n_negatives
+        elif config.negatives == "none":
+            negs = []
         else:
             pool = [p for p in all_ids if p not in pos]
             negs = rng.sample(pool, min(config.n_negatives, len(pool)))
