@@ -15,8 +15,10 @@ from mteb.abstasks import AbsTask
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from harness.backbones import Backbone, Page, build_backbone, load_backbone
+from harness.backbones import Backbone, Page, build_backbone, load_backbone, saved_family
+from harness.backbones.bm25 import Bm25Backbone
 from harness.config import BackboneSpec, ConfigError, RunConfig, VariantSpec, format_errors
+from harness.evaluate.bm25 import Bm25Search
 from harness.evaluate.encoder import HarnessEncoder
 from harness.evaluate.runner import TaskOutcome, evaluate_model
 from harness.paths import cache_root
@@ -83,8 +85,22 @@ def train_split_queries(vspec: VariantSpec, train_task: AbsTask | None, eval_tas
     return True
 
 
+def check_lexical_rows(config: RunConfig) -> None:
+    """bm25 is a reference row with no vectors and nothing to train: only the base variant evaluates it. Checked
+    before any work, so that a run does not stop half-way."""
+    for bi, bspec in enumerate(config.backbones):
+        if (saved_family(bspec.path) if bspec.path else bspec.family) != Bm25Backbone.family:
+            continue
+        for vi, vspec in enumerate(config.variants):
+            if vspec.name != "base" and (vspec.backbones is None or bi in vspec.backbones):
+                raise ConfigError(f"variants.{vi}: variant {vspec.name!r} cannot run on backbones.{bi}, the bm25 "
+                                  "backbone (lexical: no vectors, nothing to train); only the base variant evaluates "
+                                  f"bm25 (in a run config, give variants.{vi} a `backbones:` list without {bi})")
+
+
 def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpec, train_task: AbsTask | None,
-                *, where: str, backbone_where: str, checkpoints: Path, with_queries: bool = False) -> HarnessEncoder:
+                *, where: str, backbone_where: str, checkpoints: Path,
+                with_queries: bool = False) -> HarnessEncoder | Bm25Search:
     """Train (if the variant trains) on the training corpus, then wrap the result for mteb."""
     backbone = make_backbone(backbone_spec, backbone_where)
     cache = EmbeddingCache(cache_root() / "embeddings", "")
@@ -107,6 +123,7 @@ def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpe
 def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None = None,
         show_progress: bool = False) -> list[TaskOutcome]:
     set_seed(config.seed)
+    check_lexical_rows(config)
     results_dir = Path(results or config.results)
     overwrite = config.overwrite if overwrite is None else overwrite
     tasks = resolve_tasks(config.tasks)

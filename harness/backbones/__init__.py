@@ -18,10 +18,11 @@ FAMILIES: dict[str, str] = {
     "ocr-text": "harness.backbones.ocr_text:OcrTextBackbone",
     "colpali": "harness.backbones.colpali:ColpaliBackbone",
     "tiny": "harness.backbones.tiny:TinyBackbone",
+    "bm25": "harness.backbones.bm25:Bm25Backbone",
 }
 
 __all__ = ["FAMILIES", "Backbone", "BackboneConfig", "Page", "Trainable", "backbone_class",
-           "build_backbone", "load_backbone"]
+           "build_backbone", "load_backbone", "saved_family"]
 
 
 class BackboneError(ValueError):
@@ -50,11 +51,14 @@ def build_backbone(family: str, config: dict[str, Any] | None = None, where: str
     return cls(parse_config(family, config or {}, where))
 
 
-def load_backbone(path: str | Path) -> Backbone:
-    """Load a backbone saved with ``Backbone.save`` (the folder holds backbone.json)."""
-    path = Path(path)
-    spec_file = path / BACKBONE_FILE
+def saved_family(path: str | Path) -> str:
+    """The family of a backbone saved with ``Backbone.save`` (the folder holds backbone.json)."""
+    spec_file = Path(path) / BACKBONE_FILE
     if not spec_file.is_file():
         raise BackboneError(f"{spec_file}: not found (is {path} a saved backbone folder?)")
-    family = json.loads(spec_file.read_text())["family"]
-    return backbone_class(family).load(path)
+    return json.loads(spec_file.read_text())["family"]
+
+
+def load_backbone(path: str | Path) -> Backbone:
+    """Load a backbone saved with ``Backbone.save``."""
+    return backbone_class(saved_family(path)).load(Path(path))

@@ -9,6 +9,8 @@
 - ``query_latency_ms``: encode ms per query (same rule as pages) + search ms per query. Search time is mteb's
   "Computing similarity" phase where it recorded one; for a full-corpus search mteb records one "Searching
   corpus" phase that also holds the document encoding, so the record's document encode time is taken off it.
+  A search model (mteb's search interface: bm25) has neither phase: mteb times its whole search as "Encoding
+  queries", and the record's query encode time is taken off that.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ def search_seconds(entry: Entry) -> float:
     similarity = _phase_seconds(entry, "Computing similarity")
     if similarity is not None:
         return similarity
+    encode_s = (entry.record.get("timings") or {}).get("encode_s") or {}
     searching = _phase_seconds(entry, "Searching corpus")
-    if searching is None:
-        return NAN
-    doc_encode = ((entry.record.get("timings") or {}).get("encode_s") or {}).get("document", 0.0)
-    return max(0.0, searching - doc_encode)
+    if searching is not None:
+        return max(0.0, searching - encode_s.get("document", 0.0))
+    search_model = _phase_seconds(entry, "Encoding queries")
+    return NAN if search_model is None else max(0.0, search_model - encode_s.get("query", 0.0))
 
 
 def _training(entries: Iterable[Entry], key: str) -> float:
