@@ -97,6 +97,8 @@ def fold_config(base: dict[str, Any], folder: Path, *, task_name: str, overrides
                 continue
             v["train_corpus"] = {"path": str(folder), "split": "train"}
             v["config"] = {**v.get("config", {}), **overrides}
+        elif isinstance(v, dict) and v.get("train_corpus"):  # the supervised reference trains on the fold's train split
+            v["train_corpus"] = {"path": str(folder), "split": "train"}
         variants.append(v)
     config["variants"] = variants
     return config

@@ -64,10 +64,13 @@ def test_the_scifact_config_on_a_fold_passes_the_split_guard(source: Path, tmp_p
     path = tmp_path / "fold.yaml"
     path.write_text(yaml.safe_dump(data))
     config = load_run_config(path)
-    assert [v.name for v in config.variants] == ["base", "syntriever"]  # the stage-2 variant dropped
-    spec = config.variants[1]
+    assert [v.name for v in config.variants] == ["base", "supervised", "syntriever"]  # the stage-2 variant dropped
+    spec = config.variants[2]
     assert spec.config["stages"] == 1 and spec.config["max_queries"] == 4
-    assert spec.config["passage_tokens"] == base["variants"][1]["config"]["passage_tokens"]
+    assert spec.config["passage_tokens"] == base["variants"][2]["config"]["passage_tokens"]
+    # the supervised reference trains on the fold's training split too, without the syntriever overrides
+    assert config.variants[1].train_corpus == {"path": str(folder), "split": "train"}
+    assert "passage_tokens" not in config.variants[1].config
     eval_tasks = resolve_tasks(config.tasks)
     assert eval_tasks[0].metadata.name == "SciFactCV2Fold0"
     train_task = resolve_task(spec.train_corpus)[0]
