@@ -162,3 +162,25 @@ def test_instruct_gguf_prompts_go_through_the_chat_template(backend, monkeypatch
     assert text.endswith("<start_of_turn>model\n") and meta["page_modes"] == ["text"]
     choice = backend.next_token_logprobs(prompt, ["yes", "no"])
     assert all(v > -math.inf for v in choice.logprobs.values())
+
+
+def test_picture_only_pages_are_skipped_and_counted(backend, tmp_path: Path) -> None:  # noqa: ANN001
+    """A page whose OCR text is empty (a picture-only slide) cannot be read by a text-only model: queries skip it
+    and count it, judges give None for it, and a rerun does the same instead of stopping at that page."""
+    from PIL import Image
+
+    from harness.synth.pages import OcrPage
+
+    blank = Page(id="slide", image=Image.new("RGB", (200, 120), "white"))
+    ocred = OcrPage(id="slide2", text="")  # what `harness synth queries` loads for a text-only model: OCR text only
+    pages = [PAGES[0], blank, ocred]
+    params = GenParams(max_new_tokens=24, temperature=1.0, top_p=0.9)
+    for _ in range(2):
+        with SynthStore(tmp_path / "s.jsonl") as store:
+            queries, report = ops.pseudo_queries(backend, store, pages, n=1, params=params, progress=False)
+            values, jreport = ops.judge_query_likelihood(
+                backend, store, [ops.JudgeItem("q0", QUERIES[0], PAGES[0]), ops.JudgeItem("q0", QUERIES[0], blank)],
+                pmi=True, progress=False)
+        assert queries["slide"] == queries["slide2"] == [] and len(queries[PAGES[0].id]) == 1
+        assert report.notes["skipped_no_text"] == 2
+        assert values[0] is not None and values[1] is None and jreport.notes["skipped_no_text"] == 1
