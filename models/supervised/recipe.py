@@ -19,8 +19,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page
-from harness.train.lora import LoraSpec
 from harness.train.loop import LoopSpec, run_loop
+from harness.train.lora import LoraSpec
 from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator, rank
 from harness.train.record import finetune_mode, prepare_finetune, save_final, write_training_record
 from harness.variants import TrainingCorpus
@@ -38,7 +38,7 @@ class Config(BaseModel):
     hard_negatives: int = Field(0, ge=0)
     max_queries: int | None = Field(None, ge=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    val_pool: int = Field(200, ge=1)
+    val_pool: int = Field(100, ge=1)
     train: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=200, batch_size=16, lr=2e-5))
     seed: int = 0
 

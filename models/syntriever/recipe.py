@@ -76,7 +76,7 @@ class Config(BaseModel):
     # validation (the loop's checkpoint choice): a held-out share of the training queries, ranked over their gold pages
     # plus a seeded sample of the corpus
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    val_pool: int = Field(200, ge=1)
+    val_pool: int = Field(100, ge=1)
     # stage 1 (the paper: batch 60, warmup 1000 steps, 10 epochs on GPUs; here a step budget)
     train: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=200, batch_size=16, lr=2e-5))
     # stage 2 (the paper: batch 100, one epoch)
