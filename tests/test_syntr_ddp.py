@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from test_syntr import CONFIG, FakeBackend, _corpus
-from test_train_ddp import _free_port
 
 from harness.backbones import build_backbone
 from harness.train import Stages, load_checkpoint
@@ -53,6 +53,12 @@ rank = os.environ["RANK"]
 (out / f"rank{rank}.json").write_text(json.dumps({"calls": fake.calls, "backends": len(made), "seen": seen,
                                                   "steps": steps, "world": int(os.environ["WORLD_SIZE"])}))
 '''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _lines(path: Path) -> list[dict]:
