@@ -46,3 +46,26 @@ def test_faiss_matches_torch() -> None:
     positives = i_t[:, 0].tolist()
     assert mine_negatives(queries, docs, positives, 7, use_faiss=True) == \
         mine_negatives(queries, docs, positives, 7, use_faiss=False)
+
+
+def test_false_negative_guard_drops_a_near_duplicate_and_searches_deeper() -> None:
+    from harness.retrieval.mining import negatives_from_scores
+
+    docs = _vectors(40, seed=4)
+    docs[1] = F.normalize(docs[0] + 0.05 * docs[2], dim=0)  # page 1: a near-duplicate of page 0
+    queries = F.normalize(docs[:1] + 0.3 * _vectors(1, seed=5), dim=-1)  # a query whose positive is page 0
+    plain = mine_negatives(queries, docs, [0], k=8, use_faiss=False)
+    assert plain[0][0] == 1  # without the guard the duplicate is the hardest "negative"
+    stats: dict[str, int] = {}
+    guarded = mine_negatives(queries, docs, [0], k=8, use_faiss=False, margin=0.05, stats=stats)
+    positive = float(queries[0] @ docs[0])
+    assert 1 not in guarded[0] and len(guarded[0]) == 8 and stats["dropped"] >= 1 and stats["short"] == 0
+    assert all(float(queries[0] @ docs[j]) < positive - 0.05 for j in guarded[0])
+    # a margin so wide that k + 5 candidates are not enough: the search goes deeper, down to the whole corpus
+    wide = mine_negatives(queries, docs, [0], k=8, use_faiss=False, margin=0.5)
+    below = sorted((j for j in range(1, 40) if float(queries[0] @ docs[j]) < positive - 0.5),
+                   key=lambda j: -float(queries[0] @ docs[j]))
+    assert wide[0] == below[:8]
+    # the same rule on a full score matrix (the model's own scores instead of a vector search)
+    assert negatives_from_scores(queries @ docs.T, [0], 8, margin=0.05) == guarded
+    assert negatives_from_scores(queries @ docs.T, [0], 8) == plain

@@ -12,8 +12,20 @@ Frozen token states (``Featurizer``):
   ``custom_text_proj``, captured by a hook), pages = the vision features (vision tower + merger/projector, not
   through the language model), as the seed does: separate text and vision heads.
 
-Heads: ``Linear(hidden, dim, bias=False)`` per side (or one shared), init N(0, 0.02); outputs L2-normalised,
-scored by MaxSim. The states are frozen unless the recipe trains LoRA on the encoder (``grad=True`` below).
+Heads: ``Linear(hidden, dim, bias=False)`` per side (or one shared); outputs L2-normalised, scored by MaxSim
+(``harness.retrieval.maxsim``: ``score_matrix`` in training, ``maxsim`` in evaluation). The states are frozen unless
+the recipe trains LoRA on the encoder (``grad=True`` below).
+
+Initialisation (``init``):
+- ``pca``: the head starts as the fixed projection onto the top ``dim`` principal directions of the frozen,
+  L2-normalised token states of the corpus pages (uncentred, so dot products are kept as well as ``dim`` directions
+  can: ``pca_projection``); training then moves it by a residual that starts at zero. The untrained model ranks like
+  the base backbone (its scores are the base's cosines measured in the top-``dim`` subspace). The trainable weight
+  is stored as one matrix W = P + R (P the projection, R the residual): with weight decay 0 the optimiser's steps on
+  R and on W are the same, the checkpoint format is unchanged, and the shared loop's relative weight change
+  ||W - W0|| / ||W0|| is ||R|| / ||P||, the residual's size against the geometry it started from.
+- ``random``: N(0, 0.02), the seed's initialisation (colpali/tiny, where the two sides are different spaces: the
+  language model's output states and the vision features that enter it).
 """
 
 from __future__ import annotations
@@ -127,31 +139,46 @@ class Heads(torch.nn.Module):
     ``query_head.weight`` / ``page_head.weight`` keys of separate heads (one tensor), while ``parameters()``
     yields it once (the optimiser and the parameter count see one head)."""
 
-    def __init__(self, query_dim: int, page_dim: int, dim: int = 128, shared: bool = False) -> None:
+    def __init__(self, query_dim: int, page_dim: int, dim: int = 128, shared: bool = False,
+                 init: torch.Tensor | None = None) -> None:
+        """``init``: a [dim, width] starting weight for every head (``pca_projection``); None: N(0, 0.02)."""
         super().__init__()
         if shared and query_dim != page_dim:
             raise ValueError(f"a shared head needs one input width, not query {query_dim} / page {page_dim}")
         self.shared = shared
+        self.init = "random" if init is None else "pca"
         self.query_head = torch.nn.Linear(query_dim, dim, bias=False)
         self.page_head = self.query_head if shared else torch.nn.Linear(page_dim, dim, bias=False)
         for head in dict.fromkeys((self.query_head, self.page_head)):  # each distinct head once
-            torch.nn.init.normal_(head.weight, mean=0.0, std=0.02)
+            if init is None:
+                torch.nn.init.normal_(head.weight, mean=0.0, std=0.02)
+            else:
+                if tuple(init.shape) != tuple(head.weight.shape):
+                    raise ValueError(f"initial head weight {tuple(init.shape)} does not fit {tuple(head.weight.shape)}")
+                with torch.no_grad():
+                    head.weight.copy_(init)
 
     def spec(self) -> dict[str, Any]:
         return {"query_dim": self.query_head.in_features, "page_dim": self.page_head.in_features,
-                "dim": self.query_head.out_features, "shared": self.shared}
+                "dim": self.query_head.out_features, "shared": self.shared, "init": self.init}
+
+    def project_tokens(self, states: Sequence[torch.Tensor], side: str) -> torch.Tensor:
+        """[T_i, H] states -> their L2-normalised projections, concatenated: [sum T_i, dim] (no padding)."""
+        head = self.query_head if side == "query" else self.page_head
+        return F.normalize(head(torch.cat(list(states)).to(head.weight.device)), dim=-1)
 
     def project(self, states: Sequence[torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T_i, H] states -> (L2-normalised [B, T, dim] with zero padding, mask [B, T])."""
-        head = self.query_head if side == "query" else self.page_head
+        """[T_i, H] states -> (L2-normalised [B, T, dim] with zero padding, mask [B, T]). The head runs on the real
+        tokens only (a batch of pages of very different lengths would otherwise project mostly padding)."""
+        device = (self.query_head if side == "query" else self.page_head).weight.device
         width = max(len(s) for s in states)
-        x = states[0].new_zeros(len(states), width, states[0].shape[-1])
         mask = torch.zeros(len(states), width, dtype=torch.bool)
         for i, s in enumerate(states):
-            x[i, : len(s)] = s
             mask[i, : len(s)] = True
-        x, mask = x.to(head.weight.device), mask.to(head.weight.device)
-        return F.normalize(head(x), dim=-1) * mask.unsqueeze(-1), mask
+        mask = mask.to(device)
+        vectors = self.project_tokens(states, side)
+        out = vectors.new_zeros(len(states), width, vectors.shape[-1])
+        return out.index_put((mask,), vectors), mask  # row-major: the order of the concatenated tokens
 
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,21 +194,24 @@ class Heads(torch.nn.Module):
         # Checkpoints written before shared heads existed have no "shared" key: they are separate heads.
         heads = cls(meta["query_dim"], meta["page_dim"], meta["dim"], shared=bool(meta.get("shared", False)))
         heads.load_state_dict(torch.load(folder / HEADS_FILE, map_location="cpu", weights_only=True), strict=True)
+        heads.init = meta.get("init", "random")  # how the trained weights started (older checkpoints: random)
         return heads, meta
 
 
-def maxsim_matrix(q: torch.Tensor, qmask: torch.Tensor, p: torch.Tensor, pmask: torch.Tensor) -> torch.Tensor:
-    """Differentiable masked MaxSim: q [Q, Tq, D], p [P, Tp, D] -> [Q, P], averaged over real query tokens."""
-    sim = torch.einsum("qtd,psd->qpts", q, p).masked_fill(~pmask[None, :, None, :], float("-inf"))
-    best = sim.amax(-1).masked_fill(~qmask[:, None, :], 0.0)
-    return best.sum(-1) / qmask.sum(-1, keepdim=True).clamp(min=1)
-
-
-def own_maxsim(q: torch.Tensor, qmask: torch.Tensor, p: torch.Tensor, pmask: torch.Tensor) -> torch.Tensor:
-    """Each query against its own pages only: q [B, Tq, D], p [B, N, Tp, D] -> [B, N] (as ``maxsim_matrix``)."""
-    sim = torch.einsum("btd,bnsd->bnts", q, p).masked_fill(~pmask[:, :, None, :], float("-inf"))
-    best = sim.amax(-1).masked_fill(~qmask[:, None, :], 0.0)
-    return best.sum(-1) / qmask.sum(-1, keepdim=True).clamp(min=1)
+def pca_projection(states: Sequence[torch.Tensor], dim: int, max_tokens: int = 200_000, seed: int = 0) -> torch.Tensor:
+    """[dim, H]: orthonormal rows spanning the top ``dim`` principal directions (uncentred: the directions that keep
+    the most of the tokens' dot products) of the L2-normalised token states ``states`` ([T_i, H] each). At most
+    ``max_tokens`` tokens (a seeded sample) enter the fit. Signs are fixed (each row's largest entry positive), so the
+    same states give the same projection."""
+    x = F.normalize(torch.cat([s.float() for s in states]), dim=-1)
+    if len(x) > max_tokens:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_tokens]]
+    if dim > x.shape[1]:
+        raise ValueError(f"pca: dim {dim} is more than the states' width {x.shape[1]}")
+    values, vectors = torch.linalg.eigh((x.T @ x).double())  # ascending eigenvalues
+    top = vectors[:, values.argsort(descending=True)[:dim]].T  # [dim, H]
+    signs = torch.sign(top.gather(1, top.abs().argmax(1, keepdim=True)))
+    return (top * signs).float().contiguous()
 
 
 class ColInternBackbone(Backbone):
