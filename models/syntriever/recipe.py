@@ -82,7 +82,9 @@ class Config(BaseModel):
     # stage 2 (the paper: batch 100, one epoch)
     top_k: int = Field(5, ge=2)
     judge: Literal["pairwise", "ql-pmi"] = "pairwise"
-    stage2: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=50, batch_size=16, lr=1e-5))
+    # Each query brings its top_k pages with gradient: 8 queries x top 3 of dense multi-chunk pages took 9.6 GB on CPU
+    # (killed for memory on a 24 GB machine); 4 x 3 fits in about 4 GB.
+    stage2: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=50, batch_size=4, lr=1e-5))
     reg_weight: float = Field(0.0, ge=0)
     # optimisation
     finetune: Literal["auto", "full", "lora"] = "auto"
