@@ -374,6 +374,7 @@ def test_mined_run_reuses_the_e1_runs_stage_1(tiny, tmp_path: Path) -> None:
     assert record["train_e1"] == e1_record["train"]
     # its cost includes the e1 run's stage 1, not only this process's
     assert record["run_wall_s"] < record["wall_s"]
+    assert record["wall_s"] - record["run_wall_s"] <= e1_record["wall_s"]
 
     fresh = recipe.train(tiny, corpus, _config(triples), tmp_path / "alone" / "mined")  # no sibling: stage 1 here
     assert _record(fresh)["resumed_from"] is None

@@ -417,9 +417,10 @@ def epoch1_dir(out_dir: Path, backbone_fingerprint: str, corpus_name: str, confi
 
 
 def _stage(objective: HeadObjective, items: list[int], spec: LoopSpec, folder: Path,
-           validator: HeadValidator | None) -> tuple[dict[str, Any], bool]:
+           validator: HeadValidator | None, run_started: float) -> tuple[dict[str, Any], bool]:
     """Run one stage on the shared loop (resuming its checkpoints) or reuse a finished one: (its record, reused).
-    On return ``objective`` holds the stage's chosen state."""
+    On return ``objective`` holds the stage's chosen state. The record's ``wall_s``: the producing run's wall time
+    from its start (``run_started``: pseudo-queries, states) to the stage's end."""
     done, chosen = folder / STAGE_FILE, folder / "chosen"
     if done.is_file() and chosen.is_dir():
         load_trainable(objective, chosen)
@@ -427,7 +428,8 @@ def _stage(objective: HeadObjective, items: list[int], spec: LoopSpec, folder: P
     started = time.perf_counter()
     result = run_loop(objective, items, _collate, spec, folder, validator)
     save_trainable(objective, chosen)
-    record = {"train": result.record(), "seconds": round(time.perf_counter() - started, 3)}
+    record = {"train": result.record(), "seconds": round(time.perf_counter() - started, 3),
+              "wall_s": round(time.perf_counter() - run_started, 3)}
     _write_atomic(done, json.dumps(record, indent=2))
     return record, False
 
@@ -538,7 +540,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         return HeadObjective(heads, states, pairs.positives, pos_sets, config.temperature, negatives, lora_backbone)
 
     # stage 1: in-batch, in the folder the e1 and mined rows share
-    e1_record, e1_reused = _stage(objective(None), train_rows, config.train, e1_dir, validator)
+    e1_record, e1_reused = _stage(objective(None), train_rows, config.train, e1_dir, validator, started)
     stage1_end = time.perf_counter()
     records = [e1_record]
     loss = [{**r, "stage": 1} for r in _loss_lines(e1_dir / LOSS_FILE)]
@@ -562,7 +564,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
                                "false)")
         rows = [i for i in train_rows if negatives[i]]  # a query whose every candidate was guarded away: skipped
         e2_record, _ = _stage(objective(negatives), rows, config.mined_train, out_dir / "stage2",
-                              validator)
+                              validator, started)
         records.append(e2_record)
         last_epoch = max((r.get("epoch") or 0.0 for r in loss), default=0.0)
         offset = e1_record["train"]["steps"]
@@ -581,9 +583,9 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         save_trainable(backbone, final, lora_spec, lora_targets)
     heads.save(final, {"label": config.label(), "config": config.model_dump(mode="json")})
     run_wall = time.perf_counter() - started
-    # wall_s is what the model cost: a reused stage 1 adds the run that trained it (its stage seconds; pseudo-queries
-    # and states are counted in this run, which needed them again)
-    wall = run_wall + (e1_record["seconds"] if e1_reused else 0.0)
+    # wall_s is what the model cost: a reused stage 1 adds the wall time of the run that trained it, up to the end of
+    # stage 1 (its pseudo-queries included), to this run's own (run_wall_s)
+    wall = run_wall + (e1_record.get("wall_s", e1_record["seconds"]) if e1_reused else 0.0)
     seen = sum(r["train"]["examples_seen"] for r in records)
     train_s = sum(r["train"]["train_s"] for r in records)
     extra: dict[str, Any] = {}
