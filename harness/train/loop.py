@@ -291,6 +291,9 @@ def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable
         saved = json.loads((out_dir / HISTORY_FILE).read_text())
         at = int(Path(last).name.rsplit("-", 1)[1])
         loop.history = [h for h in saved["history"] if h["step"] <= at]
+        if loop.loss_log.is_file():  # the steps after the checkpoint are trained again: drop their old lines
+            kept = [x for x in loop.loss_log.read_text().splitlines() if x and json.loads(x)["step"] <= at]
+            _write_json_lines(loop.loss_log, kept)
         loop.train_s, loop.val_s, loop.examples_seen = saved["train_s"], saved["val_s"], saved["examples_seen"]
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
@@ -312,6 +315,12 @@ def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable
         selection=selection, relative_weight_change=relative_weight_change(objective, before),
         rank_correlation=correlation, val_history=loop.history, loss_log=str(loop.loss_log.resolve()),
         resumed_from=last)
+
+
+def _write_json_lines(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
 
 
 def _write_json(path: Path, payload: Any) -> None:
