@@ -18,7 +18,7 @@ from pydantic import Field
 
 from harness.backbones import BackboneError
 from harness.backbones.base import Backbone, BackboneConfig, Page, Trainable, write_backbone_file
-from harness.backbones.ocr import TesseractOcr
+from harness.backbones.ocr import OcrPages
 
 
 class Bm25Config(BackboneConfig):
@@ -33,32 +33,16 @@ class Bm25Config(BackboneConfig):
     ocr_workers: int | None = None
 
 
-class Bm25Backbone(Backbone):
+class Bm25Backbone(OcrPages, Backbone):
     family = "bm25"
     config_class = Bm25Config
     config: Bm25Config
 
     def __init__(self, config: Bm25Config) -> None:
         super().__init__(config)
-        self._ocr: TesseractOcr | None = None
-
-    @property
-    def ocr(self) -> TesseractOcr:
-        if self._ocr is None:  # created on first image, so text corpora never need Tesseract
-            c = self.config
-            self._ocr = TesseractOcr(lang=c.ocr_lang, psm=c.ocr_psm, workers=c.ocr_workers)
-        return self._ocr
 
     def describe(self) -> str:
         return "bm25"
-
-    def page_texts(self, pages: Sequence[Page]) -> list[str]:
-        """Each page's text then its image's OCR (as ``OcrTextBackbone.page_texts``), all images OCRed at once."""
-        need_ocr = [i for i, p in enumerate(pages) if p.image is not None]
-        ocr_texts = dict(zip(need_ocr, self.ocr([pages[i].image for i in need_ocr]), strict=True)) \
-            if need_ocr else {}
-        return ["\n".join(t for t in (page.text or "", ocr_texts.get(i, "")) if t.strip())
-                for i, page in enumerate(pages)]
 
     # --- no vectors, nothing to train ---------------------------------------------------------
     def _no_vectors(self) -> NoReturn:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from harness.backbones.base import Page
 from harness.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -87,3 +88,25 @@ class TesseractOcr:
         if done.returncode != 0:
             raise OcrError(f"tesseract failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
         return done.stdout.decode("utf-8", errors="replace").strip()
+
+
+class OcrPages:
+    """Page text for backbones that read pages as text: the page's own text, then its image's Tesseract OCR (cached),
+    all images OCRed at once. Needs ``config.ocr_lang``, ``ocr_psm`` and ``ocr_workers``; Tesseract starts on the
+    first image, so text corpora never need it."""
+
+    _ocr: TesseractOcr | None = None
+
+    @property
+    def ocr(self) -> TesseractOcr:
+        if self._ocr is None:
+            c = self.config  # type: ignore[attr-defined]
+            self._ocr = TesseractOcr(lang=c.ocr_lang, psm=c.ocr_psm, workers=c.ocr_workers)
+        return self._ocr
+
+    def page_texts(self, pages: Sequence[Page]) -> list[str]:
+        need_ocr = [i for i, p in enumerate(pages) if p.image is not None]
+        ocr_texts = dict(zip(need_ocr, self.ocr([pages[i].image for i in need_ocr]), strict=True)) \
+            if need_ocr else {}
+        return ["\n".join(t for t in (page.text or "", ocr_texts.get(i, "")) if t.strip())
+                for i, page in enumerate(pages)]

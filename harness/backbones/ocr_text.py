@@ -20,7 +20,7 @@ from pydantic import Field
 from transformers import AutoModel, AutoTokenizer
 
 from harness.backbones.base import Backbone, BackboneConfig, Page, Trainable, write_backbone_file
-from harness.backbones.ocr import TesseractOcr
+from harness.backbones.ocr import OcrPages
 
 DEFAULT_TEXT_ENCODER = "packaged:all-MiniLM-L6-v2"
 
@@ -50,7 +50,7 @@ class OcrTextConfig(BackboneConfig):
     chunk_batch: int = Field(32, ge=1)  # chunks per forward pass when encoding for evaluation
 
 
-class OcrTextBackbone(Backbone):
+class OcrTextBackbone(OcrPages, Backbone):
     family = "ocr-text"
     config_class = OcrTextConfig
     config: OcrTextConfig
@@ -63,7 +63,6 @@ class OcrTextBackbone(Backbone):
         hidden = self.encoder.config.hidden_size
         self.projection = (torch.nn.Linear(hidden, config.projection_dim, bias=False)
                            if config.projection_dim else None)
-        self._ocr: TesseractOcr | None = None
         # Special tokens around a chunk, found once by encoding one word with and without them
         # (works for [CLS]/[SEP] and <s>/</s> tokenizers alike).
         plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
@@ -74,13 +73,6 @@ class OcrTextBackbone(Backbone):
         if config.chunk_overlap >= body:
             raise ValueError(f"ocr-text: chunk_overlap ({config.chunk_overlap}) must be below the {body} "
                              f"text tokens of a {config.chunk_tokens}-token chunk")
-
-    @property
-    def ocr(self) -> TesseractOcr:
-        if self._ocr is None:  # created on first image, so text corpora never need Tesseract
-            c = self.config
-            self._ocr = TesseractOcr(lang=c.ocr_lang, psm=c.ocr_psm, workers=c.ocr_workers)
-        return self._ocr
 
     def describe(self) -> str:
         name = Path(resolve_encoder_path(self.config.encoder)).name if self.config.encoder.startswith(
@@ -95,16 +87,6 @@ class OcrTextBackbone(Backbone):
         images = [p.image for p in pages if p.image is not None]
         if images:
             self.ocr(images)
-
-    def page_texts(self, pages: Sequence[Page]) -> list[str]:
-        need_ocr = [i for i, p in enumerate(pages) if p.image is not None]
-        ocr_texts = dict(zip(need_ocr, self.ocr([pages[i].image for i in need_ocr]), strict=True)) \
-            if need_ocr else {}
-        texts = []
-        for i, page in enumerate(pages):
-            parts = [page.text or "", ocr_texts.get(i, "")]
-            texts.append("\n".join(p for p in parts if p.strip()))
-        return texts
 
     def query_inputs(self, texts: Sequence[str]) -> dict[str, Any]:
         return dict(self.tokenizer(list(texts), padding=True, truncation=True,
