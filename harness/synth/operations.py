@@ -21,6 +21,9 @@ from typing import Any
 from harness.backbones.base import Page
 from harness.synth import parsing, prompts
 from harness.synth.backends import Backend, GenParams, Prompt
+from harness.synth.pages import Checked as _Checked
+from harness.synth.pages import judge_readable as _judge_readable
+from harness.synth.pages import readable
 from harness.synth.store import SynthStore, record_key
 
 log = logging.getLogger(__name__)
@@ -140,50 +143,6 @@ def run_jobs(op: str, backend: Backend, store: SynthStore, jobs: Sequence[Job], 
     report.statuses = Counter(r.get("status", "ok") for r in records)
     log.info(report.line())
     return records, report
-
-
-class _Checked(list):
-    """Items whose pages were checked readable (the judges then skip the check)."""
-
-    _readable = True
-
-
-def readable(backend: Backend, pages: Sequence[Page]) -> tuple[list[Page], list[str]]:
-    """(pages the backend can read, ids of the others). A text-only model cannot read a page whose own text and OCR
-    text are both empty (a picture-only slide): such pages are skipped and counted, not an error."""
-    backend.prepare(pages)
-    texts = getattr(backend, "pages", None)
-    keep, skipped = [], []
-    for page in pages:
-        if backend.sees_images and page.image is not None:
-            keep.append(page)
-            continue
-        text = (page.text or "").strip()
-        if not text and page.image is not None:
-            # a backend without the shared page-text helper reads images its own way: trust it
-            text = texts.text(page)[0].strip() if texts is not None else "image"
-        if text:
-            keep.append(page)
-        else:
-            skipped.append(page.id)
-    if skipped:
-        log.warning("%d page(s) without readable text skipped (e.g. %s)", len(skipped), ", ".join(skipped[:3]))
-    return keep, skipped
-
-
-def _judge_readable(backend: Backend, items: Sequence[Any], fn: Callable[[list[Any]], tuple[list[Any], Report]],
-                    pages_of: Callable[[Any], list[Page]]) -> tuple[list[Any], Report]:
-    """Run ``fn`` on the items whose pages the backend can read; the others get None, counted as skipped_no_text."""
-    _, skipped = readable(backend, [p for it in items for p in pages_of(it)])
-    bad = set(skipped)
-    ok = [i for i, it in enumerate(items) if not any(p.id in bad for p in pages_of(it))]
-    values, report = fn(_Checked(items[i] for i in ok))
-    out: list[Any] = [None] * len(items)
-    for i, v in zip(ok, values, strict=True):
-        out[i] = v
-    if len(ok) < len(items):
-        report.notes["skipped_no_text"] = len(items) - len(ok)
-    return out, report
 
 
 class _progress:

@@ -7,7 +7,8 @@ when the model cannot see images, so a corpus of large page images never sits in
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,8 @@ from PIL import Image
 
 from harness.backbones.base import Page
 from harness.data.beir import BeirFolder
+
+log = logging.getLogger(__name__)
 
 
 class PageError(ValueError):
@@ -92,3 +95,47 @@ def load_pages(folder: BeirFolder, ids: Iterable[str] | None = None, *, images: 
             batch = [OcrPage(id=p.id, text=p.text) if id(p) in ocred else Page(id=p.id, text=p.text) for p in batch]
         pages.extend(batch)
     return pages
+
+
+class Checked(list):
+    """Items whose pages were checked readable (the judges then skip the check)."""
+
+    _readable = True
+
+
+def readable(backend: Any, pages: Sequence[Page]) -> tuple[list[Page], list[str]]:
+    """(pages the backend can read, ids of the others). A text-only model cannot read a page whose own text and OCR
+    text are both empty (a picture-only slide): such pages are skipped and counted, not an error."""
+    backend.prepare(pages)
+    texts = getattr(backend, "pages", None)
+    keep, skipped = [], []
+    for page in pages:
+        if backend.sees_images and page.image is not None:
+            keep.append(page)
+            continue
+        text = (page.text or "").strip()
+        if not text and page.image is not None:
+            # a backend without the shared page-text helper reads images its own way: trust it
+            text = texts.text(page)[0].strip() if texts is not None else "image"
+        if text:
+            keep.append(page)
+        else:
+            skipped.append(page.id)
+    if skipped:
+        log.warning("%d page(s) without readable text skipped (e.g. %s)", len(skipped), ", ".join(skipped[:3]))
+    return keep, skipped
+
+
+def judge_readable(backend: Any, items: Sequence[Any], fn: Callable[[list[Any]], tuple[list[Any], Any]],
+                    pages_of: Callable[[Any], list[Page]]) -> tuple[list[Any], Any]:
+    """Run ``fn`` on the items whose pages the backend can read; the others get None, counted as skipped_no_text."""
+    _, skipped = readable(backend, [p for it in items for p in pages_of(it)])
+    bad = set(skipped)
+    ok = [i for i, it in enumerate(items) if not any(p.id in bad for p in pages_of(it))]
+    values, report = fn(Checked(items[i] for i in ok))
+    out: list[Any] = [None] * len(items)
+    for i, v in zip(ok, values, strict=True):
+        out[i] = v
+    if len(ok) < len(items):
+        report.notes["skipped_no_text"] = len(items) - len(ok)
+    return out, report
