@@ -6,9 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
-
-import yaml
 
 EXAMPLES = """examples:
   harness run configs/default.yaml
@@ -19,30 +16,16 @@ EXAMPLES = """examples:
 """
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def _task_spec(text: str) -> str | dict[str, Any]:
-    """A task argument: a name, a folder, or inline YAML such as '{path: d, split: train}'."""
-    return yaml.safe_load(text) if text.strip().startswith("{") else text
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.cli_args import parse_sets, task_spec
     from harness.config import BackboneSpec, RunConfig, VariantSpec
     from harness.pipeline import run
 
-    backbone = BackboneSpec(family=args.backbone, config=_parse_sets(args.set), path=args.backbone_path)
-    variant = VariantSpec(name=args.variant, config=_parse_sets(args.variant_set),
-                          train_corpus=_task_spec(args.train_corpus) if args.train_corpus else None)
+    backbone = BackboneSpec(family=args.backbone, config=parse_sets(args.set), path=args.backbone_path)
+    variant = VariantSpec(name=args.variant, config=parse_sets(args.variant_set, "--variant-set"),
+                          train_corpus=task_spec(args.train_corpus) if args.train_corpus else None)
     config = RunConfig(name="eval", results=args.results, seed=args.seed, overwrite=args.overwrite,
-                       backbones=[backbone], variants=[variant], tasks=[_task_spec(t) for t in args.task])
+                       backbones=[backbone], variants=[variant], tasks=[task_spec(t) for t in args.task])
     outcomes = run(config, show_progress=args.progress)
     for o in outcomes:
         print(f"{o.task}\t{o.main_score_name}\t{o.main_score:.4f}\t{'reused' if o.reused else 'evaluated'}"
@@ -57,9 +40,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_run_config(args.config)
     run(config, results=args.results, overwrite=args.overwrite or None, show_progress=args.progress)
     if not args.no_leaderboard:
-        import leaderboard
+        from harness.report.leaderboard import main as leaderboard_main
 
-        leaderboard.main(["--results", args.results or config.results])
+        leaderboard_main(["--results", args.results or config.results])
     return 0
 
 
@@ -92,9 +75,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    import leaderboard
+    from harness.report.leaderboard import run as leaderboard_run
 
-    return leaderboard.run(args)
+    return leaderboard_run(args)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -144,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list backbone families and variants")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("leaderboard", help="print and write the leaderboard from a results folder")
-    import leaderboard  # light: its options only (the work imports lazily)
+    from harness.report.leaderboard import add_arguments as leaderboard_arguments  # light: the work imports lazily
 
-    leaderboard.add_arguments(p)
+    leaderboard_arguments(p)
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("plot", help="draw training loss curves (one line per loss JSONL file) as a PNG")
     from models.colintern.plot import add_arguments as plot_arguments  # light: matplotlib imports lazily
@@ -157,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.synth.cli import register as register_synth  # light: the engine imports lazily
 
     register_synth(sub)
+    from harness.data.vidore import register as register_vidore  # `harness vidore download`
+
+    register_vidore(sub)
     return parser
 
 

@@ -14,13 +14,13 @@ from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.models.model_implementations.bm25 import BM25Search
 from PIL import Image
 
-import leaderboard
 from conftest import FACTS, render_page
 from harness.backbones import BackboneError, Page, build_backbone, load_backbone
 from harness.cli import main
 from harness.config import BackboneSpec, ConfigError, RunConfig, VariantSpec, load_run_config
 from harness.evaluate.bm25 import Bm25Search, bm25_meta
 from harness.pipeline import check_lexical_rows
+from harness.report import leaderboard
 from tasks.beir_folder import BeirFolderTask
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import leaderboard
 from harness.cli import main
+from harness.report import leaderboard
 
 CUSTOM_MODEL = '''
 """A variant from outside models/: queries are prefixed before encoding (shows the extension point)."""
@@ -112,3 +112,15 @@ def test_bad_config_exits_with_named_key(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_empty_results_folder(tmp_path: Path) -> None:
     assert leaderboard.main(["--results", str(tmp_path)]) == 1
+
+
+def test_root_leaderboard_script_is_the_package_command(tmp_path: Path) -> None:
+    # `python leaderboard.py` (the README's command) runs the package's leaderboard: same message, same exit code.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "leaderboard.py"), "--results", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert f"no results under {tmp_path / 'mteb' / 'results'}" in done.stderr

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import leaderboard
 from conftest import FACTS, write_beir
 from harness.cli import main as harness_main
 from harness.evaluate.significance import holm
 from harness.report import board as board_mod
-from harness.report import browser, costs
+from harness.report import browser, costs, leaderboard
 from harness.report.results import collect
 from test_cli_and_leaderboard import CUSTOM_MODEL
 

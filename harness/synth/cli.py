@@ -66,10 +66,10 @@ def register(subparsers: Any) -> None:
 
 
 def _backend(args: argparse.Namespace) -> Any:
-    from harness.cli import _parse_sets
+    from harness.cli_args import parse_sets
     from harness.synth.backends import BackendSpec, make_backend
 
-    fields: dict[str, Any] = {"kind": args.backend, **_parse_sets(args.set)}
+    fields: dict[str, Any] = {"kind": args.backend, **parse_sets(args.set)}
     if args.model:
         fields["model"] = args.model
     if args.url:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.paths import cache_root
-from harness.synth.backends import (
+from harness.synth.base import (
     PAGE_SLOT,
     BackendError,
     Choice,

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from harness.synth.backends import (
+from harness.synth.base import (
     PAGE_SLOT,
     BackendError,
     Choice,

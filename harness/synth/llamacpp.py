@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.synth.backends import (
+from harness.synth.base import (
     BackendError,
     Choice,
     Generation,
