@@ -37,16 +37,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from syntriever_scifact import split_fold  # noqa: E402  (the benchmarks folder is not a package)
 
+from harness.data.beir import read_qrels  # noqa: E402
+
 CONFIG = Path(__file__).resolve().parent.parent / "models" / "syntriever" / "scifact.yaml"
-
-
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    for line in path.read_text().splitlines()[1:]:
-        if line.strip():
-            q, d, s = line.split("\t")
-            qrels.setdefault(q, {})[d] = int(s)
-    return qrels
 
 
 def write_qrels(path: Path, qrels: dict[str, dict[str, int]], ids: list[str]) -> None:

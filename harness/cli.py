@@ -81,7 +81,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from models.colintern.plot import LossFileError, run
+    from harness.report.losses import LossFileError, run
 
     try:
         print(run(args))
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaderboard_arguments(p)
     p.set_defaults(func=cmd_leaderboard)
     p = sub.add_parser("plot", help="draw training loss curves (one line per loss JSONL file) as a PNG")
-    from models.colintern.plot import add_arguments as plot_arguments  # light: matplotlib imports lazily
+    from harness.report.losses import add_arguments as plot_arguments  # light: matplotlib imports lazily
 
     plot_arguments(p)
     p.set_defaults(func=cmd_plot)

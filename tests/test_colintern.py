@@ -1,7 +1,7 @@
 """ColIntern on the shared training loop: head-only training over a frozen tiny colpali backbone and the OCR-text
 backbone; heads that start from the backbone's geometry (PCA); whole-corpus mining with the false-negative guard;
 held-out validation; resume; the mined run reusing stage 1; a shared synth store; LoRA; reload through
-models/colintern/model.py; the ``harness plot`` command."""
+models/colintern/model.py."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_tiny_colqwen_head_only_mining_and_reload(tiny, tmp_path: Path) -> None:
     assert len(mined) == 7 and all(len(m["negs"]) == 3 and m["pos"] not in m["negs"] for m in mined)
     assert (Path(training["epoch1_dir"]) / "stage.json").is_file()  # stage 1: the shared folder
     assert (tmp_path / "run" / "stage2" / "stage.json").is_file()
-    from models.colintern.plot import plot_loss, read_losses
+    from harness.report.losses import plot_loss, read_losses
 
     png = plot_loss(read_losses(ckpt), tmp_path / "loss.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -467,34 +467,3 @@ def test_lora_on_the_ocr_text_encoder_adapts_queries_and_pages(ocr, tmp_path: Pa
     assert not torch.allclose(p_in[0], without_lora.encode_pages(pages[:1])[0], atol=1e-3)
     q_in, q_re = in_place.model.encode_queries([FACTS[0][1]]), reloaded.model.encode_queries([FACTS[0][1]])
     assert torch.allclose(q_in[0], q_re[0], atol=1e-5)
-
-
-# --- harness plot ----------------------------------------------------------------------------------------
-def test_plot_command_draws_curves_and_names_bad_lines(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from harness.cli import main
-
-    for name, losses in (("a", [2.0, 1.5, 1.0, 0.7]), ("b", [2.2, 1.1, 0.9, 0.5])):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "loss.jsonl").write_text("".join(
-            json.dumps({"step": i + 1, "epoch": (i + 1) / 2, "loss": x}) + "\n" for i, x in enumerate(losses)))
-    out = tmp_path / "plots" / "loss.png"
-    for x in ("step", "epoch"):
-        assert main(["plot", str(tmp_path / "a" / "loss.jsonl"), str(tmp_path / "b" / "loss.jsonl"),
-                     "--out", str(out), "--x", x]) == 0
-        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        out.unlink()
-
-    bad = tmp_path / "bad.jsonl"
-    for text, message in [('{"step": 1, "loss": 1.0}\n{oops\n', "bad.jsonl:2: not JSON"),
-                          ('{"step": 1, "loss": 1.0}\n\n{"step": 2}\n', "bad.jsonl:3: needs a number under 'loss'"),
-                          ('{"step": 1, "loss": "high"}\n', "bad.jsonl:1: needs a number under 'loss'"),
-                          ("", "bad.jsonl: no loss lines")]:
-        bad.write_text(text)
-        assert main(["plot", str(bad), "--out", str(out)]) == 2
-        assert message in capsys.readouterr().err and not out.exists()
-    assert main(["plot", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
-    assert "missing.jsonl: no such file" in capsys.readouterr().err
-    # --x epoch needs the epoch in every line
-    bad.write_text('{"step": 1, "loss": 1.0}\n')
-    assert main(["plot", str(bad), "--x", "epoch", "--out", str(out)]) == 2
-    assert "bad.jsonl:1: needs a number under 'epoch'" in capsys.readouterr().err

@@ -123,8 +123,9 @@ def read_beir_folder(root: str | Path, split: str = "test", *, skip_bad_images: 
                       {q: m for q, m in query_metadata.items() if q in queries})
 
 
-def read_qrels(path: Path, queries: dict[str, str], corpus: dict[str, Any], *,
+def read_qrels(path: Path, queries: dict[str, str] | None = None, corpus: dict[str, Any] | None = None, *,
                skipped: set[str] = frozenset()) -> dict[str, dict[str, int]]:  # type: ignore[assignment]
+    """qrels/<split>.tsv as {query: {doc: score}}; ids are checked against ``queries`` / ``corpus`` when given."""
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.tsv")) if path.parent.is_dir() else []
         raise DataError(f"{path}: qrels file not found (available splits: {available or 'none'})")
@@ -142,11 +143,11 @@ def read_qrels(path: Path, queries: dict[str, str], corpus: dict[str, Any], *,
                 value = int(float(score))
             except ValueError:
                 raise DataError(f"{path}:{lineno}: score {score!r} is not a number") from None
-            if qid not in queries:
+            if queries is not None and qid not in queries:
                 raise DataError(f"{path}:{lineno}: unknown query id {qid!r}")
             if did in skipped:
                 continue
-            if did not in corpus:
+            if corpus is not None and did not in corpus:
                 raise DataError(f"{path}:{lineno}: unknown corpus id {did!r}")
             qrels.setdefault(qid, {})[did] = value
     if not qrels:

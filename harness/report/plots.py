@@ -3,7 +3,6 @@ and the main score across runs."""
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,18 +59,17 @@ def scores_plot(board: Board, path: Path) -> Path:
 
 
 def read_loss_log(training: dict, results_dir: Path) -> list[dict]:
-    """The JSONL loss file named by a training record (absolute, or relative to the checkpoint folder when the
-    record names one, else to the folder holding results/)."""
-    name = training.get("loss_log")
-    if not name:
+    """The loss points of the file a training record names (harness/report/losses.py reads it); a missing or
+    malformed file is reported and drawn as no curve."""
+    from harness.report.losses import LossFileError, loss_log_path, read_losses
+
+    path = loss_log_path(training, results_dir)
+    if path is None:
         return []
-    path = Path(name)
-    if not path.is_absolute():
-        path = Path(training.get("checkpoint") or results_dir.parent) / path
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("skipping loss log %s: %s", path, exc)
+        return read_losses(path, require=("loss",))
+    except LossFileError as exc:
+        log.warning("skipping loss log: %s", exc)
         return []
 
 
@@ -129,9 +127,10 @@ def _date(text: str) -> datetime:
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    from harness.io import atomic_path
+
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -9,13 +9,13 @@ run leaves no half-written entries.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from harness.backbones.ocr import image_hash
+from harness.io import atomic_path
 
 
 def content_key(role: str, *, text: str | None = None, image: Image.Image | None = None) -> str:
@@ -51,7 +51,5 @@ class EmbeddingCache:
 
     def put(self, key: str, value: torch.Tensor) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(value.detach().cpu().contiguous(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(value.detach().cpu().contiguous(), tmp)

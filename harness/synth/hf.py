@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.io import atomic_path
 from harness.paths import cache_root
 from harness.synth.base import (
     PAGE_SLOT,
@@ -52,10 +53,9 @@ def _gguf_folder(folder: str, gguf_file: str) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = out.with_name(out.name + ".tmp")
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(out)
+        with atomic_path(out) as tmp:  # a folder: save_pretrained writes several files
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
     return out
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from harness.io import atomic_write_json, atomic_write_lines
 from harness.train.lora import load_trainable, save_trainable
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ class _Loop:
 
     def add(self, step: int, ndcg: float, seconds: float) -> None:
         self.history.append({"step": step, "val_ndcg_at_10": round(ndcg, 5), "val_s": round(seconds, 3)})
-        _write_json(self.out_dir / HISTORY_FILE, {"history": self.history, "train_s": self.train_s,
+        atomic_write_json(self.out_dir / HISTORY_FILE, {"history": self.history, "train_s": self.train_s,
                                                   "val_s": self.val_s, "examples_seen": self.examples_seen})
 
     def chosen(self) -> int | None:
@@ -293,7 +294,7 @@ def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable
         loop.history = [h for h in saved["history"] if h["step"] <= at]
         if loop.loss_log.is_file():  # the steps after the checkpoint are trained again: drop their old lines
             kept = [x for x in loop.loss_log.read_text().splitlines() if x and json.loads(x)["step"] <= at]
-            _write_json_lines(loop.loss_log, kept)
+            atomic_write_lines(loop.loss_log, kept)
         loop.train_s, loop.val_s, loop.examples_seen = saved["train_s"], saved["val_s"], saved["examples_seen"]
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
@@ -315,15 +316,3 @@ def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable
         selection=selection, relative_weight_change=relative_weight_change(objective, before),
         rank_correlation=correlation, val_history=loop.history, loss_log=str(loop.loss_log.resolve()),
         resumed_from=last)
-
-
-def _write_json_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)

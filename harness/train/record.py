@@ -11,7 +11,6 @@ Checkpoint folder layout (``out_dir`` of a recipe):
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backbones.base import Backbone
+from harness.io import atomic_path, atomic_write_json
 from harness.train.lora import MERGED_FROM, LoraSpec, attach_lora, merge_lora, merge_saved_lora, save_trainable
 
 FULL_FILE = "full.safetensors"
@@ -50,10 +50,7 @@ def write_training_record(out_dir: Path, *, wall_s: float, llm_calls: int, llm_t
     path = Path(out_dir) / TRAINING_FILE
     payload = {"wall_s": round(wall_s, 3), "llm_calls": llm_calls, "llm_tokens": llm_tokens, "examples": examples,
                "loss_log": loss_log, "stages": stages, **extra}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, payload, default=str)
 
 
 def export_backbone(backbone: Backbone, folder: Path) -> None:
@@ -100,9 +97,8 @@ def save_final(backbone: Backbone, folder: Path, lora: LoraSpec | None, targets:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    tmp = folder / (FULL_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(folder / FULL_FILE)
+    with atomic_path(folder / FULL_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
 
 
 def load_final(backbone: Backbone, checkpoint: Path) -> Backbone:

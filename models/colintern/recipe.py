@@ -50,6 +50,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.backbones import Backbone, Page
+from harness.io import atomic_write_json, atomic_write_text
 from harness.retrieval.maxsim import maxsim, pad_vectors, score_matrix
 from harness.retrieval.mining import mean_pool, mine_negatives, negatives_from_scores
 from harness.train.loop import LoopSpec, run_loop, spearman_rows
@@ -430,7 +431,7 @@ def _stage(objective: HeadObjective, items: list[int], spec: LoopSpec, folder: P
     save_trainable(objective, chosen)
     record = {"train": result.record(), "seconds": round(time.perf_counter() - started, 3),
               "wall_s": round(time.perf_counter() - run_started, 3)}
-    _write_atomic(done, json.dumps(record, indent=2))
+    atomic_write_json(done, record)
     return record, False
 
 
@@ -446,12 +447,6 @@ def _loss_lines(path: Path) -> list[dict[str, Any]]:
             by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _base_scores(backbone: Backbone, featurizer: Featurizer, states: States, pairs: Pairs, rows: list[int],
@@ -555,7 +550,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
                 mining = json.loads((out_dir / MINING_FILE).read_text())
             else:
                 negatives, mining = _mine(heads, states, pairs, train_rows, pos_sets, config, mined_path)
-                _write_atomic(out_dir / MINING_FILE, json.dumps(mining, indent=2))
+                atomic_write_json(out_dir / MINING_FILE, mining)
         elif any(pairs.file_negatives):
             negatives = pairs.file_negatives
         if negatives is None or not any(negatives[i] for i in train_rows):
@@ -571,7 +566,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         loss += [{**r, "step": r["step"] + offset, "epoch": round(last_epoch + float(r.get("epoch") or 0.0), 4),
                   "stage": 2} for r in _loss_lines(out_dir / "stage2" / LOSS_FILE)]
     loss_path = out_dir / LOSS_FILE
-    _write_atomic(loss_path, "".join(json.dumps(r) + "\n" for r in loss))
+    atomic_write_text(loss_path, "".join(json.dumps(r) + "\n" for r in loss))
 
     if lora_backbone is not None:
         _set_lora_dropout(lora_backbone, False)
@@ -648,7 +643,7 @@ def _mine(heads: Heads, states: States, pairs: Pairs, rows: list[int], pos_sets:
         negatives[i] = negs
     sampled = set(pairs.positives)
     outside = sum(1 for negs in found for j in negs if j not in sampled)
-    _write_atomic(path, "".join(json.dumps({"query": pairs.queries[i], "pos": pairs.pages[pairs.positives[i]].id,
+    atomic_write_text(path, "".join(json.dumps({"query": pairs.queries[i], "pos": pairs.pages[pairs.positives[i]].id,
                                             "negs": [pairs.pages[j].id for j in negatives[i]]}) + "\n"
                                 for i in rows))
     report = {"by": config.mine_by, "k": k, "fn_margin": config.fn_margin, "corpus_pages": len(pairs.pages),

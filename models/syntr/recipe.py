@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page, build_backbone
 from harness.evaluate.metrics import per_query_scores
+from harness.io import atomic_write_text
 from harness.train import LoraSpec, Stages, attach_lora, write_training_record
 from harness.train.loop import LoopSpec, run_loop
 from harness.train.lora import save_trainable
@@ -205,10 +206,10 @@ def _generate(backbone: Backbone, config: Config, out_dir: Path, stages: Stages,
     notes["split"] = {s: {"pages": sum(1 for v in split_of.values() if v == s), "queries": len(r),
                           "examples": sum(len(x["positives"]) for x in r)} for s, r in rows.items()}
     # Positives in judged order (the source page first): every rank rebuilds the same examples from this file.
-    _write_atomic(out_dir / EXAMPLES_FILE, "".join(json.dumps(r) + "\n" for s in rows for r in rows[s]))
+    atomic_write_text(out_dir / EXAMPLES_FILE, "".join(json.dumps(r) + "\n" for s in rows for r in rows[s]))
     if not rows["train"]:
         raise RuntimeError(f"syntr: no training examples survived judging ({notes}); more pages or another judge")
-    _write_atomic(out_dir / GENERATED_FILE, json.dumps({"ok": True}))
+    atomic_write_text(out_dir / GENERATED_FILE, json.dumps({"ok": True}))
     return {**llm, "notes": notes, "backend": backend.describe(), "base_lists": ranked}
 
 
@@ -257,7 +258,7 @@ def _failure_marker(out_dir: Path, rank: int, world: int) -> Iterator[None]:
         yield
     except BaseException as exc:
         if rank == 0 and world > 1:
-            _write_atomic(out_dir / GENERATED_FILE, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            atomic_write_text(out_dir / GENERATED_FILE, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         raise
 
 
@@ -268,11 +269,6 @@ def _wait_for(path: Path, poll_s: float = 1.0) -> None:
             raise RuntimeError(f"syntr: rank 0 failed: {payload['error']}")
         time.sleep(poll_s)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def rank_fused(backbone: Backbone, config: Config, pages: Sequence[Page],

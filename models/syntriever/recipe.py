@@ -39,6 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page
+from harness.io import atomic_write_json, atomic_write_lines
 from harness.retrieval.maxsim import score_matrix
 from harness.train.loop import LoopResult, LoopSpec, run_loop
 from harness.train.lora import LoraSpec, load_trainable
@@ -379,9 +380,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
                   "train": result.record(), "examples": len(train_q), "validation_queries": len(val_q), **info,
                   "queries": [{"id": q.id, "text": q.text, "gold": q.gold} for q in queries]}
             save_final(backbone, stage1_dir / "final", config.lora if mode == "lora" else None, targets)
-            tmp = done1.with_suffix(".tmp")
-            tmp.write_text(json.dumps(s1, indent=2))
-            tmp.replace(done1)
+            atomic_write_json(done1, s1)
             s1["reused"] = False
         record["stage1"] = {k: v for k, v in s1.items() if k != "queries"}
         record["stage1"]["queries_file"] = str(done1.resolve())
@@ -433,9 +432,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     from harness.train.record import write_training_record
 
     loss_log = out_dir / "loss.jsonl"
-    tmp = loss_log.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in loss_lines))
-    tmp.replace(loss_log)
+    atomic_write_lines(loss_log, loss_lines)
     write_training_record(out_dir, wall_s=wall, llm_calls=s1_llm["llm_calls"] + s2_llm["llm_calls"],
                           llm_tokens=s1_llm["llm_tokens"] + s2_llm["llm_tokens"], examples=examples,
                           loss_log=str(loss_log.resolve()),

@@ -1,10 +1,9 @@
-"""Loss curves of trainings as PNG: ``harness plot LOSS_JSONL [LOSS_JSONL ...] --out loss.png`` (one line per
-file), or ``python -m models.colintern.plot`` with the same arguments.
+"""Loss files and their curves: ``harness plot LOSS_JSONL [LOSS_JSONL ...] --out loss.png`` (one line per file).
 
-Reads JSONL loss files ({"step", "epoch", "loss"} per line, as ColIntern's ``loss.jsonl`` and the shared
-trainer's loss file), or checkpoint folders whose training.json names one (its ``loss_log``). A missing file or a
-malformed line is a ``LossFileError`` naming the file and line. The leaderboard draws the same curves for every
-trained row (results/plots/).
+The one reader of JSONL loss files ({"step", "epoch", "loss"} per line: the shared training loop's loss file,
+ColIntern's and Syntriever's ``loss.jsonl``), or of checkpoint folders whose training.json names one (its
+``loss_log``). A missing file or a malformed line is a ``LossFileError`` naming the file and line. The leaderboard
+reads the loss file of every trained row through ``loss_log_path`` + ``read_losses`` (harness/report/plots.py).
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from harness.io import atomic_path
 
 XAxis = Literal["step", "epoch"]
 
@@ -45,13 +46,25 @@ def read_losses(source: Path, require: Sequence[str] = ("step", "loss")) -> list
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise LossFileError(f"{source}:{n}: not JSON ({exc.msg})") from None
-        bad = [k for k in require if not isinstance(rec, dict) or not _is_number(rec.get(k))]
+        if not isinstance(rec, dict):
+            raise LossFileError(f"{source}:{n}: not a JSON object")
+        bad = [k for k in require if not _is_number(rec.get(k))]
         if bad:
             raise LossFileError(f"{source}:{n}: needs a number under {', '.join(repr(k) for k in bad)}")
         points.append(rec)
     if not points:
         raise LossFileError(f"{source}: no loss lines")
     return points
+
+
+def loss_log_path(training: dict[str, Any], results_dir: Path) -> Path | None:
+    """The loss file a training record names: absolute, or relative to the checkpoint folder when the record names
+    one, else to the folder holding results/. None when the record names none."""
+    name = training.get("loss_log")
+    if not name:
+        return None
+    path = Path(name)
+    return path if path.is_absolute() else Path(training.get("checkpoint") or Path(results_dir).parent) / path
 
 
 def _is_number(value: Any) -> bool:
@@ -96,8 +109,8 @@ def plot_losses(series: Sequence[tuple[str, list[dict[str, Any]]]], out: Path, x
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic_path(out, suffix=out.suffix) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
     return out
 
@@ -123,17 +136,3 @@ def run(args: argparse.Namespace) -> Path:
     title = args.title or ("loss: " + series[0][0][-70:] if len(series) == 1 else "training loss")
     return plot_losses(series, args.out, x=args.x, title=title, smooth=args.smooth)
 
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    try:
-        print(run(args))
-    except LossFileError as exc:
-        ap.exit(2, f"error: {exc}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
