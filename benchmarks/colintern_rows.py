@@ -18,20 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from harness.config import BackboneSpec, VariantSpec  # noqa: E402
-from harness.evaluate.runner import evaluate_model  # noqa: E402
-from harness.pipeline import build_model, set_seed  # noqa: E402
-from harness.variants import get_variant  # noqa: E402
-from tasks.registry import resolve_task  # noqa: E402
+from harness.config import BackboneSpec, VariantSpec
+from harness.evaluate.runner import evaluate_model
+from harness.pipeline import build_model, set_seed
+from harness.variants import get_variant
+from tasks.registry import resolve_task
 
 
 def main(argv: list[str] | None = None) -> int:

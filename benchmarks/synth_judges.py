@@ -16,25 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import harness  # noqa: E402,F401  (torchvision fix first)
+import harness  # noqa: F401  (torchvision fix first)
 
 # isort: split
-from sklearn.metrics import roc_auc_score  # noqa: E402
+from sklearn.metrics import roc_auc_score
 
-from harness.data.beir import read_beir_folder  # noqa: E402
-from harness.synth import operations as ops  # noqa: E402
-from harness.synth.backends import BackendSpec, make_backend  # noqa: E402
-from harness.synth.pages import load_pages  # noqa: E402
-from harness.synth.parsing import GRADES  # noqa: E402
-from harness.synth.store import SynthStore  # noqa: E402
+from harness.data.beir import read_beir_folder
+from harness.synth import operations as ops
+from harness.synth.backends import BackendSpec, make_backend
+from harness.synth.pages import load_pages
+from harness.synth.parsing import GRADES
+from harness.synth.store import SynthStore
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def sample(folder_path: Path, n_pages: int, per_kind: int, n_pairwise: int, seed: int) -> tuple:

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--n", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tokens", type=int, default=64, help="max new tokens (models/syntriever/scifact.yaml: 64)")
+    ap.add_argument("--tokens", type=int, default=64, help="max new tokens (configs/syntriever_scifact.yaml: 64)")
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--raw", action="store_true", help="also print each empty call's output without stop strings")
     args = ap.parse_args()

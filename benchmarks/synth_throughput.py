@@ -10,22 +10,20 @@ GGUF file (dequantised to fp32; the first load converts and caches it, timed sep
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import harness  # noqa: E402,F401  (torchvision fix first)
+import harness  # noqa: F401  (torchvision fix first)
 
 # isort: split
-from harness.data.beir import read_beir_folder  # noqa: E402
-from harness.synth import operations as ops  # noqa: E402
-from harness.synth.backends import BackendSpec, make_backend  # noqa: E402
-from harness.synth.pages import load_pages  # noqa: E402
-from harness.synth.store import SynthStore  # noqa: E402
+from harness.data.beir import read_beir_folder
+from harness.synth import operations as ops
+from harness.synth.backends import BackendSpec, make_backend
+from harness.synth.pages import load_pages
+from harness.synth.store import SynthStore
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(name: str, spec: BackendSpec, pages: list, queries: list[str], n: int, tmp: Path) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import statistics
 import time
 from pathlib import Path
@@ -23,36 +22,12 @@ import torch
 
 import harness  # noqa: F401  (torchvision fix)
 from harness.backbones import build_backbone
+from harness.data.folds import split_fold
 from harness.retrieval.maxsim import maxsim, pad_vectors
 from harness.variants import TrainingCorpus
 from models.syntriever import model as syn_model
 from models.syntriever import recipe
 from tasks.beir_folder import BeirFolderTask
-
-
-def split_fold(qrels: dict[str, dict[str, int]], doc_ids: list[str], *, folds: int, fold: int,
-               train_queries: int | None, eval_queries: int | None, corpus_sample: int | None,
-               seed: int) -> tuple[list[str], list[str], set[str] | None]:
-    """Fold ``fold`` of ``folds`` over the queries of ``qrels`` (seeded): (training query ids, held-out query ids,
-    documents to keep). Training ids are a sample of the other folds' queries, held-out ids a sample of this fold's
-    (None: all). Documents: None (the whole corpus), or every gold document of the chosen queries plus
-    ``corpus_sample`` others. Also used by syntriever_scifact_cv.py, so both benchmarks cut the same folds."""
-    if not 0 <= fold < folds:
-        raise ValueError(f"fold {fold} is not in 0..{folds - 1}")
-    qids = sorted(qrels)
-    random.Random(seed).shuffle(qids)
-    held = {q for i, q in enumerate(qids) if i % folds == fold}
-    rest = [q for q in qids if q not in held]
-    n_train = len(rest) if train_queries is None else min(train_queries, len(rest))
-    n_eval = len(held) if eval_queries is None else min(eval_queries, len(held))
-    train_ids = sorted(random.Random(seed + 1).sample(rest, n_train))
-    eval_ids = sorted(random.Random(seed + 2).sample(sorted(held), n_eval))
-    if corpus_sample is None:
-        return train_ids, eval_ids, None
-    gold = {d for q in train_ids + eval_ids for d in qrels[q]}
-    others = sorted(d for d in doc_ids if d not in gold)
-    keep = gold | set(random.Random(seed + 3).sample(others, min(corpus_sample, len(others))))
-    return train_ids, eval_ids, keep
 
 
 def ndcg10(backbone, pages, queries: dict[str, str], qrels: dict[str, dict[str, int]]) -> tuple[float, float]:

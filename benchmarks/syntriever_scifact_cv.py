@@ -1,8 +1,8 @@
 """SciFact leaderboard rows by cross-validation on the TRAINING split, through ``harness run`` and the unchanged
-models/syntriever/scifact.yaml (SciFact's test qrels are held back).
+configs/syntriever_scifact.yaml (SciFact's test qrels are held back).
 
 Builds fold ``--fold`` of ``--folds`` as a BEIR folder under ``--out`` (the same seeded folds as
-benchmarks/syntriever_scifact.py, via its ``split_fold``):
+benchmarks/syntriever_scifact.py: ``harness.data.folds.build_fold``):
 
     <out>/scifact-cv<K>-fold<k>/corpus.jsonl     the corpus (a symlink), or a seeded subsample (--corpus-sample)
                                /queries.jsonl    the queries of both splits below
@@ -34,45 +34,9 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from syntriever_scifact import split_fold  # noqa: E402  (the benchmarks folder is not a package)
+from harness.data.folds import build_fold
 
-from harness.data.beir import read_qrels  # noqa: E402
-
-CONFIG = Path(__file__).resolve().parent.parent / "models" / "syntriever" / "scifact.yaml"
-
-
-def write_qrels(path: Path, qrels: dict[str, dict[str, int]], ids: list[str]) -> None:
-    rows = [f"{q}\t{d}\t{s}" for q in ids for d, s in sorted(qrels[q].items())]
-    path.write_text("\n".join(["query-id\tcorpus-id\tscore", *rows]) + "\n")
-
-
-def build_fold(source: Path, out: Path, *, folds: int, fold: int, train_queries: int | None,
-               eval_queries: int | None, corpus_sample: int | None, seed: int) -> tuple[Path, dict[str, Any]]:
-    """Write the fold's BEIR folder; return it and a summary (also written to its fold.json)."""
-    qrels = read_qrels(source / "qrels" / "train.tsv")
-    doc_ids = [json.loads(line)["_id"] for line in (source / "corpus.jsonl").read_text().splitlines() if line]
-    train_ids, eval_ids, keep = split_fold(qrels, doc_ids, folds=folds, fold=fold, train_queries=train_queries,
-                                           eval_queries=eval_queries, corpus_sample=corpus_sample, seed=seed)
-    folder = out / f"scifact-cv{folds}-fold{fold}"
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    corpus = folder / "corpus.jsonl"
-    corpus.unlink(missing_ok=True)
-    if keep is None:
-        corpus.symlink_to((source / "corpus.jsonl").resolve())
-    else:
-        lines = (source / "corpus.jsonl").read_text().splitlines()
-        corpus.write_text("".join(x + "\n" for x in lines if x and json.loads(x)["_id"] in keep))
-    wanted = set(train_ids) | set(eval_ids)
-    queries = [x for x in (source / "queries.jsonl").read_text().splitlines() if x and json.loads(x)["_id"] in wanted]
-    (folder / "queries.jsonl").write_text("".join(x + "\n" for x in queries))
-    write_qrels(folder / "qrels" / "train.tsv", qrels, train_ids)
-    write_qrels(folder / "qrels" / "test.tsv", qrels, eval_ids)
-    summary = {"source": str(source.resolve()), "folds": folds, "fold": fold, "seed": seed,
-               "train_queries": len(train_ids), "eval_queries": len(eval_ids),
-               "corpus_docs": len(keep) if keep is not None else len(doc_ids), "corpus_sample": corpus_sample}
-    (folder / "fold.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return folder, summary
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "syntriever_scifact.yaml"
 
 
 def fold_config(base: dict[str, Any], folder: Path, *, task_name: str, overrides: dict[str, Any],

@@ -1,10 +1,11 @@
-"""benchmarks/syntriever_scifact_cv.py: a cross-validation fold of a training split as a BEIR folder with train and
-test qrels, and models/syntriever/scifact.yaml pointed at it, which `harness run` accepts (train on train, evaluate
-test) and whose guard refuses when the training split is the evaluated one. No model runs here."""
+"""harness/data/folds.py and benchmarks/syntriever_scifact_cv.py: a cross-validation fold of a training split as a
+BEIR folder with train and test qrels, and configs/syntriever_scifact.yaml pointed at it, which `harness run` accepts
+(train on train, evaluate test) and whose guard refuses when the training split is the evaluated one. No model runs
+here."""
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,15 @@ import yaml
 
 from conftest import write_beir
 from harness.config import ConfigError, load_run_config
+from harness.data.folds import build_fold
 from harness.pipeline import train_split_queries
 from tasks.registry import resolve_task, resolve_tasks
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import syntriever_scifact_cv as cv  # noqa: E402
+# The benchmark script (not a package module) for its config rewriting, loaded from its file.
+_spec = importlib.util.spec_from_file_location(
+    "syntriever_scifact_cv", Path(__file__).resolve().parent.parent / "benchmarks" / "syntriever_scifact_cv.py")
+cv = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cv)
 
 
 @pytest.fixture
@@ -35,7 +40,7 @@ def _qids(path: Path) -> set[str]:
 def test_folds_partition_the_judged_queries(source: Path, tmp_path: Path) -> None:
     tests = []
     for fold in range(3):
-        folder, summary = cv.build_fold(source, tmp_path / "out", folds=3, fold=fold, train_queries=None,
+        folder, summary = build_fold(source, tmp_path / "out", folds=3, fold=fold, train_queries=None,
                                         eval_queries=None, corpus_sample=None, seed=0)
         train, test = _qids(folder / "qrels" / "train.tsv"), _qids(folder / "qrels" / "test.tsv")
         assert not train & test and train | test == {f"q{i}" for i in range(12)}
@@ -46,7 +51,7 @@ def test_folds_partition_the_judged_queries(source: Path, tmp_path: Path) -> Non
 
 
 def test_a_corpus_sample_keeps_every_gold_document(source: Path, tmp_path: Path) -> None:
-    folder, summary = cv.build_fold(source, tmp_path / "out", folds=2, fold=1, train_queries=3, eval_queries=2,
+    folder, summary = build_fold(source, tmp_path / "out", folds=2, fold=1, train_queries=3, eval_queries=2,
                                     corpus_sample=4, seed=1)
     task = resolve_task({"path": str(folder), "split": "test"})[0]
     train = resolve_task({"path": str(folder), "split": "train"})[0]
@@ -56,7 +61,7 @@ def test_a_corpus_sample_keeps_every_gold_document(source: Path, tmp_path: Path)
 
 
 def test_the_scifact_config_on_a_fold_passes_the_split_guard(source: Path, tmp_path: Path) -> None:
-    folder, _ = cv.build_fold(source, tmp_path / "out", folds=2, fold=0, train_queries=None, eval_queries=None,
+    folder, _ = build_fold(source, tmp_path / "out", folds=2, fold=0, train_queries=None, eval_queries=None,
                               corpus_sample=None, seed=0)
     base = yaml.safe_load(cv.CONFIG.read_text())
     data = cv.fold_config(base, folder, task_name="SciFactCV2Fold0", overrides={"max_queries": 4}, max_stages=1,
@@ -79,3 +84,10 @@ def test_the_scifact_config_on_a_fold_passes_the_split_guard(source: Path, tmp_p
     same = spec.model_copy(update={"train_corpus": {"path": str(folder), "split": "test"}})
     with pytest.raises(ConfigError, match="is also evaluated"):
         train_split_queries(same, resolve_task(same.train_corpus)[0], eval_tasks, "variants.1")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_run_config_validates(path: Path) -> None:
+    # the run configs live in configs/ (the Syntriever ones moved there from models/syntriever/)
+    assert load_run_config(path).backbones
