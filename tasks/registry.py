@@ -19,7 +19,7 @@ from mteb.abstasks import AbsTask
 
 from harness.paths import cache_root
 from tasks.beir_folder import BeirFolderTask
-from tasks.vidore import BENCHMARKS, point_at_local_copy, vidore_tasks
+from tasks.vidore import BENCHMARKS, loads_dataset, point_at_local_copy, vidore_tasks
 
 GENERATED = "generated"
 
@@ -65,7 +65,7 @@ def resolve_task(spec: str | dict[str, Any]) -> list[AbsTask]:
     if Path(spec).is_dir():
         return [BeirFolderTask(spec)]
     try:
-        task = mteb.get_task(spec)
+        task = loads_dataset(mteb.get_task(spec))
     except (KeyError, ValueError):
         raise TaskSpecError(
             f"unknown task {spec!r}: not 'generated', a benchmark ({', '.join(BENCHMARKS)}), an mteb task "

@@ -96,22 +96,6 @@ def test_unknown_task_name() -> None:
         resolve_task({"name": "ViDoRe(v1)", "bogus": 1})
 
 
-def test_vidore_benchmarks_are_mteb_tasks() -> None:
-    v1 = resolve_task("ViDoRe(v1)")
-    v2 = resolve_task("ViDoRe(v2)")
-    assert len(v1) == 10 and len(v2) == 4
-    assert {t.metadata.main_score for t in v1 + v2} == {"ndcg_at_5"}
-    assert {t.metadata.category for t in v1 + v2} == {"t2i"}
-
-
-def test_vidore_local_copy(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="local copy .* not found"):
-        resolve_task({"name": "VidoreDocVQARetrieval", "local_dir": str(tmp_path)})
-    (tmp_path / "mteb" / "docvqa_test_subsampled_beir").mkdir(parents=True)
-    [task] = resolve_task({"name": "VidoreDocVQARetrieval", "local_dir": str(tmp_path)})
-    assert task.metadata.dataset["path"] == str(tmp_path / "mteb" / "docvqa_test_subsampled_beir")
-
-
 def test_wrong_config_key_is_named(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("backbones:\n  - family: ocr-text\ntasks: [generated]\nvariantz: [base]\n")
