@@ -83,19 +83,27 @@ def task_columns(entries: list[Entry]) -> list[Column]:
     """A column per task: ViDoRe v1, then v2, then local folders and other mteb tasks, by name within each."""
     from tasks.vidore import IN_DOMAIN_V1
 
-    order = {"v1": 0, "v2": 1, "local": 2, "mteb": 3}
+    order = {"v1": 0, "v2": 1, "v3": 2, "v3.1": 3, "local": 4, "mteb": 5}
     tasks = sorted({(order.get(e.benchmark, 4), e.task) for e in entries})
     return [Column(t, ((t, None),), t in IN_DOMAIN_V1) for _, t in tasks]
 
 
+MULTILINGUAL = ("v2", "v3", "v3.1")  # ViDoRe benchmarks whose tasks have a subset per query language
+
+
 def language_columns(entries: list[Entry]) -> list[Column]:
-    """ViDoRe v2 by language: each language's subset score averaged over the v2 tasks (hf_subset = language)."""
-    v2 = [e for e in entries if e.benchmark == "v2"]
-    tasks = sorted({e.task for e in v2})
-    languages = sorted({key.split("/", 1)[0] for e in v2 for key in e.subsets} - {"default"})
-    # a task with one subset (such as the English-only ESG HL task) has no language column of its own
-    return [Column(lang, tuple((t, lang) for t in tasks if any(
-        k.startswith(f"{lang}/") for e in v2 if e.task == t for k in e.subsets))) for lang in languages]
+    """ViDoRe v2/v3 by language: each language's subset score averaged over the benchmark's tasks (hf_subset =
+    language); columns are named "<benchmark> <language>" when more than one benchmark is shown."""
+    benches = [b for b in MULTILINGUAL if any(e.benchmark == b for e in entries)]
+    columns = []
+    for bench in benches:
+        of = [e for e in entries if e.benchmark == bench]
+        tasks = sorted({e.task for e in of})
+        languages = sorted({key.split("/", 1)[0] for e in of for key in e.subsets} - {"default"})
+        # a task with one subset (such as the English-only ESG HL task) has no language column of its own
+        columns += [Column(lang if len(benches) == 1 else f"{bench} {lang}", tuple((t, lang) for t in tasks if any(
+            k.startswith(f"{lang}/") for e in of if e.task == t for k in e.subsets))) for lang in languages]
+    return columns
 
 
 def _part_score(entry: Entry | None, subset: str | None) -> float:
@@ -129,7 +137,7 @@ def build(entries: list[Entry], *, filters: Filters | None = None, view: str = "
     """The leaderboard from every collected entry (the unfiltered ones serve as fallback encode rates)."""
     history = [e for e in entries if (filters or Filters()).keep(e)]
     if view == "languages":
-        history = [e for e in history if e.benchmark == "v2"]
+        history = [e for e in history if e.benchmark in MULTILINGUAL]
     current = latest(history)
     columns = language_columns(current) if view == "languages" else task_columns(current)
     names = [c.name for c in columns]
@@ -195,12 +203,15 @@ def _tests(names: list[str], per_query: dict, reference: str | None, models: dic
     """Every row against its backbone's base (and the reference), per column; Holm across the columns of one
     comparison (one row against one other row)."""
     out = []
+    published = {row for row in models if row[1] == "published"}  # no per-query scores: never tested
     for row in models:
+        if row in published:
+            continue
         against = [("base", (row[0], BASE) if (row[0], BASE) in models else None)]
         if reference:
             against.append(("reference", _reference_row(row, reference, models)))
         for kind, ref in against:
-            if ref is None or ref == row:
+            if ref is None or ref == row or ref in published:
                 continue
             family = []
             for name in names:

@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("v1", "v2", "local", "mteb")
+BENCHMARKS = ("v1", "v2", "v3", "v3.1", "local", "mteb")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,14 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default="results", help="results folder (default: results)")
     parser.add_argument("--out", help="folder for the files (default: the results folder)")
     parser.add_argument("--benchmark", action="append", choices=BENCHMARKS, default=[],
-                        help="keep tasks of this benchmark: ViDoRe v1, v2, local folders/generated, other mteb "
-                             "tasks; repeatable")
+                        help="keep tasks of this benchmark: ViDoRe v1, v2, v3, v3.1, local folders/generated, "
+                             "other mteb tasks; repeatable")
     parser.add_argument("--backbone", action="append", default=[], metavar="GLOB",
                         help="keep backbones whose tag matches (fnmatch pattern); repeatable")
     parser.add_argument("--in-domain", choices=("include", "exclude", "only"), default="include",
                         help="the four ViDoRe v1 tasks that overlap colpali's training data (marked †)")
     parser.add_argument("--view", choices=("tasks", "languages"), default="tasks",
-                        help="columns: tasks, or ViDoRe v2 languages (averaged over the v2 tasks)")
+                        help="columns: tasks, or ViDoRe v2/v3 query languages (averaged over each benchmark's tasks)")
+    parser.add_argument("--published", action="append", default=[], metavar="MODEL",
+                        help="add the published mteb results of this model (e.g. vidore/colqwen2.5-v0.2) on the "
+                             "same tasks, as a row left out of the tests; repeatable (harness/report/published.py)")
+    parser.add_argument("--published-results", metavar="DIR",
+                        help="a clone of github.com/embeddings-benchmark/results (default: mteb's ~/.cache/mteb)")
+    parser.add_argument("--fetch-published", action="store_true",
+                        help="clone or update that repository with mteb first (needs the network and git)")
     parser.add_argument("--reference", metavar="NAME",
                         help="also test every row against this: a variant (of each row's backbone) or a model "
                              "name variant/backbone-tag")
@@ -84,7 +91,14 @@ def run(args: argparse.Namespace) -> int:
     results_dir = Path(args.results)
     out_dir = Path(args.out) if args.out else results_dir
     filters = board_mod.Filters(args.benchmark, args.backbone, args.in_domain)
-    board = board_mod.build(collect(results_dir), filters=filters, view=args.view, reference=args.reference,
+    from harness.report.published import PublishedError, add_published
+
+    try:  # published rows (mteb's results repository) for the chosen models, on the tasks these results ran
+        entries = add_published(collect(results_dir), args.published, args.published_results, args.fetch_published)
+    except PublishedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    board = board_mod.build(entries, filters=filters, view=args.view, reference=args.reference,
                             n_permutations=args.permutations, seed=args.seed)
     if board.table.empty:
         print(f"no results under {results_dir / 'mteb' / 'results'} (after filters)", file=sys.stderr)

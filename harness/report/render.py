@@ -30,9 +30,10 @@ LEGEND = {
 
 def short_name(task: str) -> str:
     """A compact display name: ViDoRe task names without their common prefix and suffix."""
-    name = task.removesuffix("Retrieval")
-    if name.startswith("Vidore2"):
-        return "v2 " + name.removeprefix("Vidore2")
+    name = task.removesuffix(".v2").removesuffix("Retrieval")
+    for prefix, label in (("Vidore2", "v2"), ("Vidore3", "v3.1" if task.endswith(".v2") else "v3")):
+        if name.startswith(prefix):
+            return f"{label} {name.removeprefix(prefix)}"
     return name.removeprefix("Vidore") or task
 
 
