@@ -20,6 +20,7 @@ from harness.retrieval.maxsim import maxsim, pad_vectors
 from harness.train.loop import LoopSpec, spearman_rows
 from harness.variants import TrainingCorpus
 from models.colintern import model as colintern_model
+from models.colintern import pairs as colintern_pairs
 from models.colintern import recipe
 from models.colintern.heads import ColInternBackbone, Featurizer, Heads, pca_projection
 
@@ -346,7 +347,7 @@ def test_shared_synth_store_serves_every_query(ocr, text_folder: Path, tmp_path:
     assert writer.calls == 2 * len(FACTS)
 
     reader = Fake()
-    monkeypatch.setattr(recipe, "make_backend", lambda spec: reader)
+    monkeypatch.setattr(colintern_pairs, "make_backend", lambda spec: reader)
     pages = [Page(f"d{i}", text=fact) for i, (fact, _) in enumerate(FACTS)]
     config = recipe.Config(store=str(store), max_pages=None, queries_per_page=2, epochs=1,
                            train=_spec(steps=1, lr=1e-4))
