@@ -11,6 +11,7 @@ EXAMPLES = """examples:
   harness run configs/default.yaml
   harness eval --backbone ocr-text --set mode=pooled --task generated
   harness eval --backbone ocr-text --task ../shared/data/mmlongbench_dev
+  harness eval --backbone ocr-text --task beir/scifact
   harness eval --backbone colpali --set model=vidore/colqwen2.5-v0.2 --task "ViDoRe(v1)"
   harness plot checkpoints/colintern/TAG/RUN_A/loss.jsonl checkpoints/colintern/TAG/RUN_B/loss.jsonl --out loss.png
 """
@@ -54,6 +55,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         for name in names:
             print(f"  {name}")
     print("local: any BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), by path")
+    from harness.data.beir_download import BEIR_DATASETS, beir_cache
+
+    print(f"beir/<name>: a BEIR dataset, downloaded once into {beir_cache()}: {', '.join(BEIR_DATASETS)}")
     return 0
 
 

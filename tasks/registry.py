@@ -5,6 +5,8 @@ Spec forms (a string, or a dict with ``name`` plus options):
 - ``ViDoRe(v1)`` / ``ViDoRe(v2)``: mteb's benchmarks (option ``local_dir``: a local mirror of the data)
 - any mteb task name, e.g. ``VidoreDocVQARetrieval`` (option ``local_dir``)
 - a folder in BEIR format (options: split, name, skip_bad_images, candidates_by), as ``{"path": ...}`` or a path
+- ``beir/<dataset>`` (``beir/scifact``): a BEIR dataset by name, downloaded once into the cache by beir's own
+  downloader (harness/data/beir_download.py); the same options as a folder
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from tasks.beir_folder import BeirFolderTask
 from tasks.vidore import BENCHMARKS, loads_dataset, point_at_local_copy, vidore_tasks
 
 GENERATED = "generated"
+BEIR_PREFIX = "beir/"
+FOLDER_OPTIONS = {"split", "name", "skip_bad_images", "candidates_by"}
 
 
 class TaskSpecError(ValueError):
@@ -42,21 +46,31 @@ def generated_task(options: dict[str, Any] | None = None) -> BeirFolderTask:
     return BeirFolderTask(folder, name=name, description="Offline generated document pages (see tasks/generated.py)")
 
 
+def beir_task(spec: str, options: dict[str, Any]) -> BeirFolderTask:
+    from harness.data.beir_download import beir_dataset
+
+    if unknown := set(options) - FOLDER_OPTIONS:
+        raise TaskSpecError(f"task {spec}: unknown option(s) {sorted(unknown)}; allowed: {sorted(FOLDER_OPTIONS)}")
+    return BeirFolderTask(beir_dataset(spec.removeprefix(BEIR_PREFIX)), **options)
+
+
 def resolve_task(spec: str | dict[str, Any]) -> list[AbsTask]:
     options: dict[str, Any] = {}
     if isinstance(spec, dict):
         options = dict(spec)
         if "path" in options:
             path = options.pop("path")
-            allowed = {"split", "name", "skip_bad_images", "candidates_by"}
-            if unknown := set(options) - allowed:
-                raise TaskSpecError(f"task {path}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+            if unknown := set(options) - FOLDER_OPTIONS:
+                raise TaskSpecError(f"task {path}: unknown option(s) {sorted(unknown)}; "
+                                    f"allowed: {sorted(FOLDER_OPTIONS)}")
             return [BeirFolderTask(path, **options)]
         if "name" not in options:
             raise TaskSpecError(f"task spec {spec!r} needs a 'name' or a 'path'")
         spec = options.pop("name")
     if spec == GENERATED:
         return [generated_task(options)]
+    if isinstance(spec, str) and spec.startswith(BEIR_PREFIX):
+        return [beir_task(spec, options)]
     local_dir = options.pop("local_dir", None)
     if options:
         raise TaskSpecError(f"task {spec}: unknown option(s) {sorted(options)}; allowed: ['local_dir']")
