@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 import harness  # noqa: F401  (torchvision fix before colpali_engine)
 from harness.backbones import BackboneError, Page, build_backbone, load_backbone
-from harness.backbones import colpali as colpali_module
+from harness.backbones.base import Backbone
 from harness.backbones.colpali import CheckpointError, ColpaliBackbone, ColpaliConfig
+from harness.backbones.colpali import hub as colpali_hub
 from harness.backbones.tiny import TINY_ARCHS, TinyBackbone, TinyConfig, build_tiny_checkpoint
 
 QUERIES = ["what is the revenue in 2021?", "a"]
@@ -277,24 +278,32 @@ def test_max_pixels_caps_page_tokens(checkpoints):
         ColpaliBackbone(ColpaliConfig(model=str(checkpoints["colpali"]), max_pixels=1000))
 
 
-def test_fingerprint_of_pinned_hub_checkpoint_skips_weights(checkpoints, monkeypatch):
+def test_fingerprint_of_pinned_hub_checkpoint_skips_weights_until_they_change(checkpoints, monkeypatch):
     backbone = ColpaliBackbone(ColpaliConfig(model=str(checkpoints["colqwen2_5"])))
     local = backbone.fingerprint()
     with torch.no_grad():
         backbone.model.custom_text_proj.bias += 1
     assert backbone.fingerprint() != local  # a local folder: every weight counts
-    # Pretend it came from the Hub at a pinned commit: identity only, weights not read.
-    monkeypatch.setattr(colpali_module, "_is_local", lambda source: False)
+    # Pretend a fresh one came from the Hub at a pinned commit: identity only, no weight read.
+    backbone = ColpaliBackbone(ColpaliConfig(model=str(checkpoints["colqwen2_5"])))
+    monkeypatch.setattr(colpali_hub, "is_local", lambda source: False)
     backbone.spec = backbone.config = ColpaliConfig(model="org/model", revision="a" * 40)
     backbone.base = "org/model"
-    pinned = backbone.fingerprint()
+    with monkeypatch.context() as m:
+        m.setattr(Backbone, "fingerprint", lambda self: pytest.fail("hashed the weights of a pinned checkpoint"))
+        pinned = backbone.fingerprint()
+        assert backbone.fingerprint() == pinned and not backbone.modified
+        backbone.config = ColpaliConfig(model="org/model", revision="b" * 40)
+        assert backbone.fingerprint() != pinned
+        backbone.config = backbone.spec
+    # Once a weight changes (an edit, a training step, a merged LoRA) the weights are hashed, for good.
     with torch.no_grad():
         backbone.model.custom_text_proj.bias += 1
-    assert backbone.fingerprint() == pinned
-    backbone.config = ColpaliConfig(model="org/model", revision="b" * 40)
-    assert backbone.fingerprint() != pinned
-    backbone.model.custom_text_proj.requires_grad_(True)  # being trained: back to hashing weights
-    assert len({backbone.fingerprint(), pinned}) == 2
+    changed = backbone.fingerprint()
+    assert backbone.modified and changed != pinned
+    with torch.no_grad():
+        backbone.model.custom_text_proj.bias -= 1  # the same values again: the weights' hash, not the identity
+    assert backbone.fingerprint() not in (pinned, changed)
 
 
 def test_tiny_config_defaults():

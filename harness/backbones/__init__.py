@@ -22,7 +22,11 @@ FAMILIES: dict[str, str] = {
 }
 
 __all__ = ["FAMILIES", "Backbone", "BackboneConfig", "Page", "Trainable", "backbone_class",
-           "build_backbone", "load_backbone", "saved_family"]
+           "build_backbone", "load_backbone", "saved_family", "settings_label"]
+# Settings a backbone's tag (describe()) already shows, and settings that change speed but not scores: neither
+# belongs in the settings a leaderboard row names.
+IN_TAG = {"ocr-text": {"encoder", "mode"}, "colpali": {"model", "adapter"}, "tiny": {"arch", "seed"}}
+SPEED_ONLY = {"ocr_workers", "chunk_batch", "device", "attn_implementation"}
 
 
 class BackboneError(ValueError):
@@ -62,3 +66,21 @@ def saved_family(path: str | Path) -> str:
 def load_backbone(path: str | Path) -> Backbone:
     """Load a backbone saved with ``Backbone.save``."""
     return backbone_class(saved_family(path)).load(Path(path))
+
+
+def settings_label(family: str, config: dict[str, Any]) -> str:
+    """The non-default settings of a backbone config that its tag does not show, e.g. ``[max_chunks=1]``; "" for
+    defaults (or an unknown family). Two configurations of one backbone then name two leaderboard rows."""
+    try:
+        fields = backbone_class(family).config_class.model_fields
+    except (BackboneError, ImportError):
+        return ""
+    shown = []
+    for key in sorted(config):
+        field = fields.get(key)
+        if field is None or field.is_required() or key in SPEED_ONLY or key in IN_TAG.get(family, ()):
+            continue
+        default = field.get_default(call_default_factory=True)
+        if json.dumps(config[key], sort_keys=True, default=str) != json.dumps(default, sort_keys=True, default=str):
+            shown.append(f"{key}={config[key]}")
+    return f"[{', '.join(shown)}]" if shown else ""

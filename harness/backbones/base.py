@@ -32,11 +32,52 @@ class BackboneConfig(BaseModel):
 
 @dataclass
 class Page:
-    """One corpus item: a page image, a text, or both (a text-only BEIR corpus has no image)."""
+    """One corpus item: a page image, a text, or both (a text-only BEIR corpus has no image).
+
+    The image is either given decoded, or as ``image_path``: then it is opened and decoded at each use and closed
+    at once, so a corpus of thousands of pages holds neither their pixels nor a file descriptor each."""
 
     id: str
-    image: Image.Image | None = None
+    image: Image.Image | None = field(default=None, repr=False)  # a property below: decoded, or opened at use
     text: str | None = None
+    image_path: str | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return self.__dict__.get("_image") is not None or self.image_path is not None
+
+    def _get_image(self) -> Image.Image | None:
+        image = self.__dict__.get("_image")
+        if image is not None or self.image_path is None:
+            return image
+        image = Image.open(self.image_path)
+        image.load()  # decodes, and closes the file Image.open opened
+        return image
+
+    def _set_image(self, image: Image.Image | None) -> None:
+        self.__dict__["_image"] = image
+
+
+# After @dataclass: the generated __init__ assigns ``image`` through this property (subclasses keep it too).
+Page.image = property(Page._get_image, Page._set_image)  # type: ignore[assignment,method-assign]
+
+
+@dataclass(frozen=True)
+class OcrStats:
+    """OCR counters of a backbone that reads page images as text (``Backbone.ocr_stats``).
+
+    ``seconds`` is the Tesseract time recorded for each page served (cached pages keep the time their OCR took), so
+    OCR costs the same whether it ran now or earlier; ``wall_s`` is the time spent here (OCR or cache reads)."""
+
+    pages: int = 0  # pages served (OCRed now or from the cache)
+    pages_ocred: int = 0  # pages that ran Tesseract now
+    timed_pages: int = 0  # pages served whose OCR time is known (the cache of older versions kept none)
+    seconds: float = 0.0  # Tesseract seconds of the timed pages
+    wall_s: float = 0.0
+
+    def __sub__(self, other: OcrStats) -> OcrStats:
+        return OcrStats(self.pages - other.pages, self.pages_ocred - other.pages_ocred,
+                        self.timed_pages - other.timed_pages, self.seconds - other.seconds, self.wall_s - other.wall_s)
 
 
 @dataclass
@@ -99,6 +140,27 @@ class Backbone(torch.nn.Module, ABC):
         self.prefetch(pages)
         return self._encode(pages, self.page_inputs, self.forward_pages, batch_size)
 
+    def ocr_stats(self) -> OcrStats | None:
+        """OCR counters since the backbone was built; None for a backbone that never OCRs."""
+        return None
+
+    # --- states for recipes that bring their own heads (ColIntern) ------------------------------
+    pages_through_encoder: ClassVar[bool] = False  # page_states pass through the encoder token_states runs
+
+    @property
+    def state_dim(self) -> int:
+        """Width H of ``token_states``."""
+        raise NotImplementedError(f"the {self.family} backbone exposes no token states")
+
+    def token_states(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states [B, T, H] of prepared query inputs (``query_inputs``, on the device) before any output
+        projection, and their mask [B, T]; differentiable when grad is enabled."""
+        raise NotImplementedError(f"the {self.family} backbone exposes no token states")
+
+    def page_states(self, pages: Sequence[Page]) -> list[torch.Tensor]:
+        """Per-page features [T_i, H'] (real tokens only) that a recipe's own head can project."""
+        raise NotImplementedError(f"the {self.family} backbone exposes no page states")
+
     def prefetch(self, pages: Sequence[Page]) -> None:
         """Prepare all pages at once before batching (the OCR backbone OCRs them in parallel here)."""
 
@@ -107,7 +169,7 @@ class Backbone(torch.nn.Module, ABC):
         self.eval()
         out: list[torch.Tensor] = []
         for start in range(0, len(items), batch_size):
-            inputs = _to_device(prepare(items[start : start + batch_size]), self.device)
+            inputs = to_device(prepare(items[start : start + batch_size]), self.device)
             emb, mask = forward(inputs)
             out.extend(e[m].float().cpu() for e, m in zip(emb, mask, strict=True))
         self.train(was_training)
@@ -127,7 +189,8 @@ class Backbone(torch.nn.Module, ABC):
         return self.family
 
 
-def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Every tensor of a model input dict on ``device``; other values as they are."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 

@@ -20,7 +20,7 @@ from pydantic import Field
 from transformers import AutoModel, AutoTokenizer
 
 from harness.backbones.base import Backbone, BackboneConfig, Page, Trainable, write_backbone_file
-from harness.backbones.ocr import OcrPages
+from harness.backbones.ocr import OcrPages, page_image_loader
 
 DEFAULT_TEXT_ENCODER = "packaged:all-MiniLM-L6-v2"
 
@@ -54,6 +54,7 @@ class OcrTextBackbone(OcrPages, Backbone):
     family = "ocr-text"
     config_class = OcrTextConfig
     config: OcrTextConfig
+    pages_through_encoder = True  # page states are the same encoder's states of the page's OCR text
 
     def __init__(self, config: OcrTextConfig, encoder_dir: str | None = None) -> None:
         super().__init__(config)
@@ -84,7 +85,7 @@ class OcrTextBackbone(OcrPages, Backbone):
     # --- inputs -------------------------------------------------------------------------------
     def prefetch(self, pages: Sequence[Page]) -> None:
         # One parallel OCR pass over every page (cached), instead of small batches that leave cores idle.
-        images = [p.image for p in pages if p.image is not None]
+        images = [page_image_loader(p) for p in pages if p.has_image]
         if images:
             self.ocr(images)
 
@@ -123,6 +124,22 @@ class OcrTextBackbone(OcrPages, Backbone):
                             and input_ids.device.type == "cpu"):
             states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return states.float()
+
+    @property
+    def state_dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def token_states(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder's last hidden states of query inputs (no pooling, no projection)."""
+        return self._token_states(inputs["input_ids"], inputs["attention_mask"]), inputs["attention_mask"].bool()
+
+    def page_states(self, pages: Sequence[Page]) -> list[torch.Tensor]:
+        """The encoder's states of each page's OCR text: the tokens of every chunk of a page, in order."""
+        inputs = self.text_inputs(self.page_texts(pages))
+        ids, attention = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
+        states = self._token_states(ids, attention).float().cpu()
+        mask, owner = attention.bool().cpu(), inputs["owner"]
+        return [states[owner == i][mask[owner == i]] for i in range(inputs["n_items"])]
 
     def _vectors(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: token vectors (multi) or one mean-pooled vector (pooled), L2-normalised."""

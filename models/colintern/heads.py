@@ -40,97 +40,43 @@ import torch
 import torch.nn.functional as F
 
 from harness.backbones import Backbone, Page
-from harness.backbones.base import Trainable, _to_device
+from harness.backbones.base import OcrStats, Trainable, to_device
 
 HEADS_FILE, HEADS_CONFIG = "heads.pt", "colintern.json"
 
 
 class Featurizer:
     """Token states, one [T_i, H] matrix per item (real tokens only); without gradient unless ``grad=True``
-    (LoRA training: the states then depend on the adapter being trained)."""
+    (LoRA training: the states then depend on the adapter being trained). The backbone says what its states are
+    (``Backbone.token_states`` / ``page_states``): nothing here depends on its family's model classes."""
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
         self.kind = "ocr-text" if backbone.family == "ocr-text" else "colpali"
-        if self.kind == "colpali":
-            self._text_proj = next((m for n, m in backbone.model.named_modules()
-                                    if n.rsplit(".", 1)[-1] == "custom_text_proj"), None)
-            if self._text_proj is None:
-                raise ValueError(f"{backbone.describe()}: no custom_text_proj, cannot find the language model "
-                                 "states (a Bi* model pools them away): use a Col* model")
-
-    @property
-    def query_dim(self) -> int:
-        if self.kind == "ocr-text":
-            return self.backbone.encoder.config.hidden_size
-        return self._text_proj.in_features
+        self.query_dim = backbone.state_dim  # fails at once for a backbone without token states (Bi* models)
 
     @property
     def pages_through_encoder(self) -> bool:
         """Whether page states pass through the encoder LoRA adapts: OCR text does; the colpali family's pages
         are vision features (vision tower + merger), which never enter the language model LoRA sits on."""
-        return self.kind == "ocr-text"
+        return self.backbone.pages_through_encoder
 
     def queries(self, texts: Sequence[str], batch_size: int = 32, grad: bool = False) -> list[torch.Tensor]:
-        with torch.set_grad_enabled(grad):
-            return self._queries(texts, batch_size)
-
-    def _queries(self, texts: Sequence[str], batch_size: int) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
-        for start in range(0, len(texts), batch_size):
-            inputs = _to_device(self.backbone.query_inputs(texts[start : start + batch_size]), self.backbone.device)
-            mask = inputs["attention_mask"].bool()
-            if self.kind == "ocr-text":
-                states = self.backbone._token_states(inputs["input_ids"], inputs["attention_mask"])
-            else:
-                states = self._lm_states(inputs)
-            out.extend(s[m].float().cpu() for s, m in zip(states, mask, strict=True))
+        with torch.set_grad_enabled(grad):
+            for start in range(0, len(texts), batch_size):
+                inputs = to_device(self.backbone.query_inputs(texts[start : start + batch_size]), self.backbone.device)
+                states, mask = self.backbone.token_states(inputs)
+                out.extend(s[m].float().cpu() for s, m in zip(states, mask, strict=True))
         return out
-
-    def _lm_states(self, inputs: dict[str, Any]) -> torch.Tensor:
-        seen: list[torch.Tensor] = []
-        handle = self._text_proj.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
-        try:
-            self.backbone._forward(inputs)
-        finally:
-            handle.remove()
-        return seen[-1]
 
     def pages(self, pages: Sequence[Page], batch_size: int = 8, grad: bool = False) -> list[torch.Tensor]:
         self.backbone.prefetch(pages)
         out: list[torch.Tensor] = []
         with torch.set_grad_enabled(grad):
             for start in range(0, len(pages), batch_size):
-                batch = pages[start : start + batch_size]
-                if self.kind == "ocr-text":
-                    out.extend(self._ocr_pages(batch))
-                else:
-                    out.extend(self._vision_pages(batch))
+                out.extend(self.backbone.page_states(pages[start : start + batch_size]))
         return out
-
-    def _ocr_pages(self, pages: Sequence[Page]) -> list[torch.Tensor]:
-        bb = self.backbone
-        inputs = bb.text_inputs(bb.page_texts(pages))
-        ids, attention = inputs["input_ids"].to(bb.device), inputs["attention_mask"].to(bb.device)
-        states = bb._token_states(ids, attention).float().cpu()
-        mask, owner = attention.bool().cpu(), inputs["owner"]
-        return [states[owner == i][mask[owner == i]] for i in range(inputs["n_items"])]
-
-    def _vision_pages(self, pages: Sequence[Page]) -> list[torch.Tensor]:
-        bb = self.backbone
-        inputs = _to_device(bb.page_inputs(pages), bb.device)
-        core = bb.model.get_base_model() if hasattr(bb.model, "get_base_model") else bb.model
-        pixels = inputs["pixel_values"]
-        if hasattr(core, "visual"):  # Qwen2-VL family: patches padded per image by colpali's processor
-            grid = inputs["image_grid_thw"]
-            offsets = (grid[:, 1] * grid[:, 2]).tolist()
-            pixels = torch.cat([p[:n] for p, n in zip(pixels, offsets, strict=True)])
-            feats = core.get_image_features(pixels, image_grid_thw=grid).pooler_output
-        else:  # PaliGemma family: ColPali.model is PaliGemmaForConditionalGeneration
-            inner = getattr(core, "model", core)
-            inner = getattr(inner, "model", inner) if not hasattr(inner, "get_image_features") else inner
-            feats = inner.get_image_features(pixels).pooler_output
-        return [f.float().cpu() for f in feats]
 
 
 class Heads(torch.nn.Module):
@@ -225,9 +171,8 @@ class ColInternBackbone(Backbone):
         self.config_class = inner.config_class
         self.featurizer = Featurizer(inner)
 
-    @property
-    def _ocr(self) -> Any:  # the runner counts OCR work through this attribute
-        return getattr(self.inner, "_ocr", None)
+    def ocr_stats(self) -> OcrStats | None:
+        return self.inner.ocr_stats()
 
     def query_inputs(self, texts: Sequence[str]) -> dict[str, Any]:
         return {"texts": list(texts)}
