@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from mteb.abstasks import AbsTask
-from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from harness.backbones import Backbone, Page, build_backbone, load_backbone, saved_family
@@ -20,6 +19,7 @@ from harness.backbones.bm25 import Bm25Backbone
 from harness.config import BackboneSpec, ConfigError, RunConfig, VariantSpec, format_errors
 from harness.evaluate.bm25 import Bm25Search
 from harness.evaluate.encoder import HarnessEncoder
+from harness.evaluate.records import atomic_write_json, task_identity
 from harness.evaluate.runner import TaskOutcome, evaluate_model
 from harness.paths import cache_root
 from harness.retrieval.cache import EmbeddingCache
@@ -28,6 +28,8 @@ from tasks.beir_folder import BeirFolderTask
 from tasks.registry import resolve_task, resolve_tasks
 
 log = logging.getLogger(__name__)
+KEY_FILE = "checkpoint_key.json"  # in each checkpoint folder: what its key was made of (to say why one is retrained)
+TRAIN_PACKAGE = Path(__file__).resolve().parent / "train"  # the training loop every recipe may use
 
 
 def set_seed(seed: int) -> None:
@@ -54,8 +56,8 @@ def training_corpus(task: AbsTask, with_queries: bool = False) -> TrainingCorpus
     with an explicit training ``split``, see ``train_split_queries``) adds that split's queries and qrels."""
     if isinstance(task, BeirFolderTask):
         docs = task.data.corpus
-        pages = [Page(doc_id, image=Image.open(d["image"]) if d["image"] else None,
-                      text=" ".join(x for x in (d["title"], d["text"]) if x) or None)
+        # image paths, not open images: a page opens when a recipe uses it (thousands would exhaust file handles)
+        pages = [Page(doc_id, image_path=d["image"], text=" ".join(x for x in (d["title"], d["text"]) if x) or None)
                  for doc_id, d in docs.items()]
         if with_queries:
             return TrainingCorpus(f"{task.metadata.name}-{task.split}", pages, dict(task.data.queries),
@@ -85,6 +87,19 @@ def train_split_queries(vspec: VariantSpec, train_task: AbsTask | None, eval_tas
     return True
 
 
+def check_task_names(tasks: list[AbsTask]) -> None:
+    """Results are filed by task name: two different tasks of one name (folders with the same basename and other
+    data) would overwrite each other's results. Checked before any work."""
+    seen: dict[str, tuple[int, dict[str, Any]]] = {}
+    for i, task in enumerate(tasks):
+        identity = task_identity(task)
+        first = seen.setdefault(task.metadata.name, (i, identity))
+        if first[1] != identity:
+            raise ConfigError(f"tasks.{first[0]} and tasks.{i} are both named {task.metadata.name!r} but are different "
+                              f"data (dataset revision {first[1]['dataset_revision']} vs {identity['dataset_revision']}"
+                              "): give one of them a `name:`")
+
+
 def check_lexical_rows(config: RunConfig) -> None:
     """bm25 is a reference row with no vectors and nothing to train: only the base variant evaluates it. Checked
     before any work, so that a run does not stop half-way."""
@@ -98,6 +113,49 @@ def check_lexical_rows(config: RunConfig) -> None:
                                   f"bm25 (in a run config, give variants.{vi} a `backbones:` list without {bi})")
 
 
+def code_version(variant: Variant) -> str:
+    """A hash of the code a recipe trains with: every .py file of the variant's folder and of harness/train."""
+    h = hashlib.sha256()
+    for root in (variant.folder, TRAIN_PACKAGE):
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def checkpoint_key(backbone: Backbone, config: BaseModel, task: AbsTask, variant: Variant,
+                   with_queries: bool) -> dict[str, Any]:
+    """Everything a trained checkpoint depends on: the backbone's weights and config, the recipe's config, the
+    training task's full identity (name, data revision, split) and the recipe's code."""
+    return {"backbone": backbone.fingerprint(), "recipe_config": config.model_dump(mode="json"),
+            "corpus": {**task_identity(task), "with_queries": with_queries}, "code": code_version(variant)}
+
+
+def _explain_checkpoint(out_dir: Path, parts: dict[str, Any]) -> None:
+    """Log whether this exact checkpoint exists, or what differs from the nearest earlier one on the same corpus."""
+    if (out_dir / KEY_FILE).is_file():
+        log.info("checkpoint %s: same backbone, recipe config, corpus and code: the recipe reuses it", out_dir)
+        return
+    earlier = []
+    for key_file in out_dir.parent.glob(f"*/{KEY_FILE}"):
+        try:
+            old = json.loads(key_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if old.get("corpus", {}).get("name") == parts["corpus"]["name"]:
+            changed = [k for k in parts if json.dumps(old.get(k), sort_keys=True, default=str)
+                       != json.dumps(parts[k], sort_keys=True, default=str)]
+            earlier.append((len(changed), key_file.parent, changed))
+    if earlier:
+        _, folder, changed = min(earlier)
+        names = {"backbone": "backbone weights or config", "recipe_config": "recipe config",
+                 "corpus": "training data (revision or split)", "code": "recipe code (variant folder or harness/train)"}
+        log.info("training into %s: the earlier checkpoint %s differs in %s", out_dir, folder,
+                 ", ".join(names[k] for k in changed))
+    else:
+        log.info("training into %s: no earlier checkpoint of this variant and backbone on this corpus", out_dir)
+
+
 def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpec, train_task: AbsTask | None,
                 *, where: str, backbone_where: str, checkpoints: Path,
                 with_queries: bool = False) -> HarnessEncoder | Bm25Search:
@@ -108,10 +166,13 @@ def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpe
     checkpoint = None
     if getattr(variant.recipe, "TRAINS", True) and train_task is not None:
         corpus = training_corpus(train_task, with_queries)
-        key = hashlib.sha256(json.dumps([backbone.fingerprint(), config.model_dump(mode="json"), corpus.name],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:12]
+        parts = checkpoint_key(backbone, config, train_task, variant, with_queries)
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
         out_dir = checkpoints / variant.name / backbone.describe() / f"{corpus.name}-{key}"
+        _explain_checkpoint(out_dir, parts)
         checkpoint = variant.recipe.train(backbone, corpus, config, out_dir)
+        if out_dir.is_dir():
+            atomic_write_json(out_dir / KEY_FILE, parts)
     encoder = variant.model.load_model(backbone, checkpoint, None)
     encoder.checkpoint = checkpoint  # the run record copies checkpoint/training.json (costs) from here
     # The cache is keyed by the final model's revision (fingerprint of what was actually trained).
@@ -127,6 +188,7 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
     results_dir = Path(results or config.results)
     overwrite = config.overwrite if overwrite is None else overwrite
     tasks = resolve_tasks(config.tasks)
+    check_task_names(tasks)
     outcomes: list[TaskOutcome] = []
     for bi, bspec in enumerate(config.backbones):
         for vi, vspec in enumerate(config.variants):
@@ -153,6 +215,6 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
                     backbone={"family": encoder.model.family, "tag": encoder.model.describe(),
                               "config": encoder.model.config.model_dump(mode="json"), "index": bi},
                     run_config={"run": config.name, "variant_config": vspec.config,
-                                "train_corpus": train_task.metadata.name if train_task and trains else None},
+                                "train_corpus": task_identity(train_task) if train_task and trains else None},
                     seed=config.seed, overwrite=overwrite, show_progress=show_progress)
     return outcomes

@@ -1,7 +1,14 @@
-"""Any local BEIR-format folder as an mteb retrieval task (text corpora: t2t; page images: t2i)."""
+"""Any local BEIR-format folder as an mteb retrieval task (text corpora: t2t; page images: t2i).
+
+A folder task's identity is its content, not its path: the dataset revision in its mteb metadata is a hash of the
+corpus (page image bytes included), the split's queries and qrels, and the split itself. A split other than
+``test`` is in the task name, so its results never overwrite the test split's.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,10 +20,28 @@ from mteb.abstasks.task_metadata import TaskMetadata
 from harness.data.beir import BeirFolder, DataError, read_beir_folder
 
 
-def task_name_for(folder: Path) -> str:
-    """A CamelCase mteb-style name from the folder name: mmlongbench_dev -> MmlongbenchDevRetrieval."""
-    words = re.split(r"[^0-9A-Za-z]+", folder.resolve().name)
-    return "".join(w[:1].upper() + w[1:] for w in words if w) + "Retrieval"
+def _camel(text: str) -> str:
+    return "".join(w[:1].upper() + w[1:] for w in re.split(r"[^0-9A-Za-z]+", text) if w)
+
+
+def task_name_for(folder: Path, split: str = "test") -> str:
+    """A CamelCase mteb-style name from the folder name: mmlongbench_dev -> MmlongbenchDevRetrieval; a split other
+    than test is named too (scifact, split train -> ScifactTrainRetrieval)."""
+    return _camel(folder.resolve().name) + ("" if split == "test" else _camel(split)) + "Retrieval"
+
+
+def content_revision(data: BeirFolder, top_ranked: dict[str, list[str]] | None = None) -> str:
+    """A hash of everything evaluation reads: split, queries, qrels, candidate lists, and each document's id, title,
+    text, metadata and image bytes (the image file, so a page redrawn under the same name is new data)."""
+    h = hashlib.sha256(json.dumps({"split": data.split, "queries": data.queries, "qrels": data.qrels,
+                                   "top_ranked": top_ranked}, sort_keys=True).encode())
+    for doc_id in sorted(data.corpus):
+        doc = data.corpus[doc_id]
+        h.update(json.dumps([doc_id, doc["title"], doc["text"], doc["metadata"]], sort_keys=True, default=str).encode())
+        if doc["image"]:
+            with open(doc["image"], "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    return "local-" + h.hexdigest()[:16]
 
 
 def candidate_lists(data: BeirFolder, key: str) -> dict[str, list[str]]:
@@ -50,12 +75,12 @@ class BeirFolderTask(AbsTaskRetrieval):
         self.top_ranked = candidate_lists(self.data, candidates_by) if candidates_by else None
         if candidates_by and name is None:
             within = "".join(w.capitalize() for w in re.split(r"[^0-9A-Za-z]+", candidates_by) if w)
-            name = task_name_for(self.folder).removesuffix("Retrieval") + f"Within{within}Retrieval"
+            name = task_name_for(self.folder, split).removesuffix("Retrieval") + f"Within{within}Retrieval"
         images = self.data.has_images
         metadata = TaskMetadata(
-            name=name or task_name_for(self.folder),
+            name=name or task_name_for(self.folder, split),
             description=description or f"Local BEIR folder {self.folder}",
-            dataset={"path": str(self.folder.resolve()), "revision": "local"},
+            dataset={"path": str(self.folder.resolve()), "revision": content_revision(self.data, self.top_ranked)},
             type="DocumentUnderstanding" if images else "Retrieval",
             category="t2i" if images else "t2t",
             modalities=["text", "image"] if images else ["text"],

@@ -72,14 +72,34 @@ def versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    out["git_commit"] = _git_commit()
+    out.update(git_state())
     return out
 
 
-def _git_commit() -> str | None:
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent, check=False)
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=cwd, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return done.stdout.strip() or None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the repository the run was launched from (the working directory's; else the one holding this
+    package) and whether its tracked files differed from that commit (``git_dirty``; None when unknown)."""
+    for where in (Path.cwd(), Path(__file__).resolve().parent):
+        commit = _git(["rev-parse", "HEAD"], where)
+        if commit:
+            status = _git(["status", "--porcelain", "--untracked-files=no"], where)
+            return {"git_commit": commit, "git_dirty": None if status is None else bool(status),
+                    "git_repo": _git(["rev-parse", "--show-toplevel"], where)}
+    return {"git_commit": None, "git_dirty": None, "git_repo": None}
+
+
+def task_identity(task: Any) -> dict[str, Any]:
+    """What a result is a result of, besides the model: the task's name, its data's revision (a Hub commit, or a
+    local folder's content hash), the splits and subsets evaluated. Results are reused only on an exact match."""
+    meta = task.metadata
+    subsets = getattr(task, "hf_subsets", None)
+    return {"name": meta.name, "dataset_revision": (meta.dataset or {}).get("revision"),
+            "eval_splits": sorted(meta.eval_splits), "subsets": sorted(subsets) if subsets else None}

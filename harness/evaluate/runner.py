@@ -1,8 +1,9 @@
 """Evaluate one harness model on mteb tasks: results in MTEB's format, plus a run record per task.
 
-A finished task (its MTEB result and record both on disk, for the same model name and revision) is not
-run again unless ``overwrite`` is set, so an interrupted evaluation resumes where it stopped. Everything is
-written atomically (temp file + rename).
+A finished task is not run again unless ``overwrite`` is set, so an interrupted evaluation resumes where it
+stopped: reuse needs its MTEB result and record both on disk for the same model name and revision (the path) and a
+record of the same task identity (name, dataset revision, splits, subsets); the log says why a task was reused or
+run. Everything is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import mteb
 from mteb.abstasks import AbsTask
 from mteb.cache import ResultCache
 
+from harness.backbones.base import OcrStats
 from harness.evaluate.encoder import EncodeStats, HarnessEncoder
 from harness.evaluate.metrics import per_query_scores, top_k
 from harness.evaluate.records import (
     atomic_write_json,
     mteb_result_path,
     record_path,
+    task_identity,
     versions,
 )
 
@@ -60,11 +63,9 @@ def evaluate_model(encoder: HarnessEncoder, tasks: list[AbsTask], results_dir: s
     outcomes = []
     for task in tasks:
         name = task.metadata.name
-        result_file = mteb_result_path(results_dir, meta.name, meta.revision, name)
-        rec_file = record_path(results_dir, meta.name, meta.revision, name)
-        if not overwrite and result_file.is_file() and rec_file.is_file():
-            record = json.loads(rec_file.read_text())
-            log.info("%s on %s: finished earlier, reusing %s", meta.name, name, result_file)
+        record = _reusable(results_dir, meta.name, meta.revision, task, overwrite)
+        if record is not None:
+            rec_file = record_path(results_dir, meta.name, meta.revision, name)
             outcomes.append(TaskOutcome(name, record["main_score_name"], record["main_score"], True, rec_file))
             continue
         outcomes.append(_run_task(encoder, task, results_dir, variant=variant, backbone=backbone,
@@ -72,13 +73,52 @@ def evaluate_model(encoder: HarnessEncoder, tasks: list[AbsTask], results_dir: s
     return outcomes
 
 
+def _reusable(results_dir: Path, model: str, revision: str, task: AbsTask, overwrite: bool) -> dict[str, Any] | None:
+    """The finished record to reuse, or None; logs why a task runs or is reused."""
+    name, where = task.metadata.name, f"{model}@{revision} on {task.metadata.name}"
+    result_file = mteb_result_path(results_dir, model, revision, name)
+    rec_file = record_path(results_dir, model, revision, name)
+    if overwrite:
+        log.info("%s: running (overwrite asked)", where)
+        return None
+    if not (result_file.is_file() and rec_file.is_file()):
+        log.info("%s: running (no finished result for this model revision)", where)
+        return None
+    try:
+        record = json.loads(rec_file.read_text())
+    except (OSError, ValueError) as exc:
+        log.info("%s: running again (unreadable run record %s: %s)", where, rec_file, exc)
+        return None
+    now, then = task_identity(task), record.get("task_identity")
+    if then is None:  # a record from before task identities: what it has (its subsets were not recorded)
+        then = {"name": record.get("task"), "dataset_revision": (record.get("dataset") or {}).get("revision"),
+                "eval_splits": sorted(record.get("eval_splits") or []), "subsets": now["subsets"]}
+    changed = [k for k in now if now[k] != then.get(k)]
+    if changed:
+        log.info("%s: running again, the task is not the one evaluated before (%s)", where,
+                 "; ".join(f"{k.replace('_', ' ')} {then.get(k)!r} -> {now[k]!r}" for k in changed))
+        return None
+    log.info("%s: reusing %s (same model revision and task identity, dataset revision %s)", where, result_file,
+             now["dataset_revision"])
+    return record
+
+
+def _ocr_record(encoder: Any, before: OcrStats | None) -> dict[str, Any] | None:
+    """The OCR this task paid (see OcrStats); None for a backbone that never OCRs."""
+    after = encoder.model.ocr_stats()
+    if after is None:
+        return None
+    d = after - (before or OcrStats())
+    return {"pages": d.pages, "pages_ocred": d.pages_ocred, "timed_pages": d.timed_pages,
+            "seconds": round(d.seconds, 4), "wall_s": round(d.wall_s, 4)}
+
+
 def _run_task(encoder: HarnessEncoder, task: AbsTask, results_dir: Path, *, variant: str,
               backbone: dict[str, Any], run_config: dict[str, Any], seed: int,
               show_progress: bool) -> TaskOutcome:
     meta, name = encoder.mteb_model_meta, task.metadata.name
     encoder.stats = EncodeStats()
-    ocr = getattr(encoder.model, "_ocr", None)
-    ocr_before = ocr.pages_ocred if ocr else 0
+    ocr_before = encoder.model.ocr_stats()
     started = time.perf_counter()
     task.load_data()  # preloaded data stays loaded after mteb.evaluate: its qrels score the per-query runs
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,22 +144,26 @@ def _run_task(encoder: HarnessEncoder, task: AbsTask, results_dir: Path, *, vari
                 runs[f"{subset}/{split}"] = top_k(run, RUN_DEPTH)
 
         main_name = task.metadata.main_score
-        ocr = getattr(encoder.model, "_ocr", None)
+        ocr = _ocr_record(encoder, ocr_before)
+        # OCR runs inside page encoding (prefetch): its own cost, so it is taken off the encoder's time.
+        encode_s = dict(encoder.stats.seconds)
+        encode_s["document"] = max(0.0, encode_s["document"] - (ocr["wall_s"] if ocr else 0.0))
         record = {
             "model": meta.name, "revision": meta.revision, "variant": variant, "backbone": backbone,
             "task": name, "task_type": task.metadata.type, "category": task.metadata.category,
             "dataset": task.metadata.dataset, "eval_splits": task.metadata.eval_splits,
+            "task_identity": task_identity(task),
             "main_score_name": main_name, "main_score": float(task_result.get_score()),
             "seed": seed, "config": run_config, "versions": versions(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "timings": {"evaluation_s": round(seconds, 3),
-                        "encode_s": {k: round(v, 3) for k, v in encoder.stats.seconds.items()}},
+                        "encode_s": {k: round(v, 3) for k, v in encode_s.items()}},
             "encoded": encoder.stats.encoded, "cached": encoder.stats.cached,
             # documents served over all subsets and splits (encoded + cached), with their float32 size
             "index": {"documents": encoder.stats.encoded["document"] + encoder.stats.cached["document"],
                       "vectors": encoder.stats.doc_vectors, "bytes": encoder.stats.doc_bytes},
             "training": training_record(encoder),
-            "ocr_pages": (ocr.pages_ocred if ocr else 0) - ocr_before,
+            "ocr": ocr,
             "per_query": per_query,
         }
         rec_file = record_path(results_dir, meta.name, meta.revision, name)

@@ -2,9 +2,12 @@
 
 - ``train_wall_s``, ``llm_calls``: summed over the distinct training records behind the row's results
   (0 for a variant that does not train; unknown when a record predates the ``training`` key).
-- ``encode_ms_per_page``: document encode seconds / documents encoded. Cached documents cost no encode time,
-  so they are not counted as free pages: a row that encoded nothing takes the rate of the most recent record of
-  the same model that did encode, or stays unknown.
+- ``encode_ms_per_page``: document encode seconds / documents encoded, OCR excluded (the runner takes the OCR time
+  off). Cached documents cost no encode time, so they are not counted as free pages: a row that encoded nothing
+  takes the rate of the most recent record of the same model that did encode, or stays unknown.
+- ``ocr_ms_per_page``: Tesseract seconds per page image, as recorded when each page was OCRed (the OCR cache keeps
+  it), so it is the same whether this row OCRed its pages or found them cached; 0 for a backbone without OCR (or
+  a text corpus); unknown when no record of the row or of its model has timed OCR.
 - ``index_bytes_per_page``: float32 bytes of the document vectors served / documents served.
 - ``query_latency_ms``: encode ms per query (same rule as pages) + search ms per query. Search time is mteb's
   "Computing similarity" phase where it recorded one; for a full-corpus search mteb records one "Searching
@@ -23,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from harness.report.results import Entry
 
-COLUMNS = ("train_wall_s", "llm_calls", "encode_ms_per_page", "index_bytes_per_page", "query_latency_ms")
+COLUMNS = ("train_wall_s", "llm_calls", "encode_ms_per_page", "ocr_ms_per_page", "index_bytes_per_page",
+           "query_latency_ms")
 NAN = float("nan")
 
 
@@ -42,6 +46,30 @@ def _latest_rate(model: str, pool: Iterable[Entry], role: str) -> float:
     """The rate of the most recent record of this model that encoded items of this role."""
     done = [e for e in pool if e.model == model and (e.record.get("encoded") or {}).get(role, 0) > 0]
     return _encode_rate([max(done, key=lambda e: e.date)], role) if done else NAN
+
+
+def _ocr_rate(entries: Iterable[Entry]) -> float:
+    """Seconds of Tesseract per page over the entries with timed OCR; NaN when none has."""
+    seconds = pages = 0.0
+    for e in entries:
+        ocr = e.record.get("ocr") or {}
+        if ocr.get("timed_pages", 0) > 0:
+            seconds += ocr.get("seconds", 0.0)
+            pages += ocr["timed_pages"]
+    return seconds / pages if pages else NAN
+
+
+def ocr_ms_per_page(entries: list[Entry], pool: Iterable[Entry]) -> float:
+    rate = _ocr_rate(entries)
+    if math.isnan(rate):
+        model = max(entries, key=lambda e: e.date).model
+        timed = [e for e in pool if e.model == model and ((e.record.get("ocr") or {}).get("timed_pages", 0) > 0)]
+        rate = _ocr_rate([max(timed, key=lambda e: e.date)]) if timed else NAN
+    if math.isnan(rate) and entries and all(
+            "ocr" in e.record and (e.record["ocr"] is None or (e.record["ocr"].get("pages", 0) == 0 and (
+                e.record.get("encoded") or {}).get("document", 0) > 0)) for e in entries):
+        return 0.0  # no OCR: a backbone without it, or a text corpus that it encoded without any
+    return 1000 * rate
 
 
 def _phase_seconds(entry: Entry, name: str) -> float | None:
@@ -88,6 +116,7 @@ def row_costs(entries: list[Entry], pool: list[Entry]) -> dict[str, float]:
         "train_wall_s": _training(entries, "wall_s"),
         "llm_calls": _training(entries, "llm_calls"),
         "encode_ms_per_page": 1000 * rates["document"],
+        "ocr_ms_per_page": ocr_ms_per_page(entries, pool),
         "index_bytes_per_page": index["bytes"] / index["documents"] if index["documents"] else NAN,
         "query_latency_ms": 1000 * (rates["query"] + search / queries) if queries else NAN,
     }

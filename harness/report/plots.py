@@ -97,21 +97,24 @@ def loss_plot(board: Board, results_dir: Path, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def history_plot(board: Board, path: Path) -> Path:
-    """Each row's mean main score over the tasks of each of its runs (a model revision), in date order."""
-    runs: dict[tuple[str, str], dict[str, list]] = {}
+def history_series(board: Board) -> dict[str, list[tuple[datetime, float]]]:
+    """One series per (row, task): the task's main score x 100 at each model revision that ran it, in date order.
+    Scores of different tasks are never averaged into one point (a page task's mean is not a SciFact score)."""
+    series: dict[str, list[tuple[datetime, float]]] = {}
     for e in board.history:
-        run = runs.setdefault(e.row, {}).setdefault(e.revision, [])
-        run.append(e)
+        series.setdefault(f"{_label(e.backbone, e.variant)} / {e.task}", []).append((_date(e.date), 100 * e.score))
+    return {label: sorted(points) for label, points in sorted(series.items())}
+
+
+def history_plot(board: Board, path: Path) -> Path:
+    """Each row's main score on each task across its runs (model revisions), in date order."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (backbone, variant), by_revision in sorted(runs.items()):
-        points = sorted((max(_date(e.date) for e in es), 100 * float(np.mean([e.score for e in es])))
-                        for es in by_revision.values())
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=_label(backbone, variant))
-    ax.set_ylabel("mean main score x 100")
-    ax.set_title("Main score across runs (one point per model revision)")
-    ax.legend(fontsize=7)
+    for label, points in history_series(board).items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_ylabel("main score x 100")
+    ax.set_title("Main score across runs (one line per row and task, one point per model revision)")
+    ax.legend(fontsize=6)
     fig.autofmt_xdate()
     return _save(fig, path)
 

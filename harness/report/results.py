@@ -56,7 +56,8 @@ def benchmark_tasks() -> dict[str, str]:
 
 
 def _benchmark(task: str, dataset_revision: str | None) -> str:
-    return benchmark_tasks().get(task) or ("local" if dataset_revision == "local" else "mteb")
+    # local folders: "local" (records before issue 12), then "local-<content hash>"
+    return benchmark_tasks().get(task) or ("local" if (dataset_revision or "").startswith("local") else "mteb")
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -84,6 +85,17 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record
 
 
+def _row_backbone(backbone: dict[str, Any], model: str) -> str:
+    """A row's backbone name: its tag plus the non-default settings it does not show ("tag [max_chunks=1]"), so that
+    two configurations of one backbone are two rows."""
+    from harness.backbones import settings_label
+
+    tag = backbone.get("tag") or model.split("/", 1)[-1]
+    config = backbone.get("config")
+    label = settings_label(backbone["family"], config) if backbone.get("family") and isinstance(config, dict) else ""
+    return f"{tag} {label}" if label else tag
+
+
 def read_entry(result_file: Path, results_dir: Path) -> Entry | None:
     from mteb.results import TaskResult
 
@@ -101,7 +113,7 @@ def read_entry(result_file: Path, results_dir: Path) -> Entry | None:
     record = _read_record(results_dir / "runs" / model_dir / revision_dir.name / result_file.name)
     model = record.get("model") or model_dir.replace("__", "/")
     variant = record.get("variant") or (model.split("/", 1)[0] if "/" in model else "-")
-    backbone = (record.get("backbone") or {}).get("tag") or model.split("/", 1)[-1]
+    backbone = _row_backbone(record.get("backbone") or {}, model)
     phases = [dict(p) for p in result.evaluation_phases or []]
     date = record.get("date") or (result.date.isoformat(timespec="seconds") if result.date else "")
     return Entry(backbone, variant, model, revision_dir.name, result.task_name,
