@@ -27,7 +27,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           train_corpus=task_spec(args.train_corpus) if args.train_corpus else None)
     config = RunConfig(name="eval", results=args.results, seed=args.seed, overwrite=args.overwrite,
                        backbones=[backbone], variants=[variant], tasks=[task_spec(t) for t in args.task])
-    outcomes = run(config, show_progress=args.progress)
+    outcomes = run(config, show_progress=not args.quiet)
     for o in outcomes:
         print(f"{o.task}\t{o.main_score_name}\t{o.main_score:.4f}\t{'reused' if o.reused else 'evaluated'}"
               f"\t{o.record_path}")
@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.pipeline import run
 
     config = load_run_config(args.config)
-    run(config, results=args.results, overwrite=args.overwrite or None, show_progress=args.progress)
+    run(config, results=args.results, overwrite=args.overwrite or None, show_progress=not args.quiet)
     if not args.no_leaderboard:
         from harness.report.leaderboard import main as leaderboard_main
 
@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in (sub.choices["eval"], sub.choices["run"]):
         p.add_argument("--overwrite", action="store_true", help="re-run tasks that have results")
-        p.add_argument("--progress", action="store_true", help="show mteb's progress bars")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (shown by default)")
+        p.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # the default now; still accepted
         if p.prog.endswith("eval"):
             p.add_argument("--results", default="results", help="results folder (default: results)")
             p.add_argument("--seed", type=int, default=0)
@@ -156,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import harness  # noqa: F401  (torchvision fix before anything else)
+    from harness.progress import set_progress
 
-    if not getattr(args, "progress", False):  # keep the terminal for results: no library progress bars
+    quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
+    set_progress(not quiet)
+    if quiet:  # keep the terminal for results: no library progress bars
         import datasets
         import transformers
 

@@ -124,3 +124,20 @@ def test_root_leaderboard_script_is_the_package_command(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 1, done.stderr
     assert f"no results under {tmp_path / 'mteb' / 'results'}" in done.stderr
+
+
+def test_progress_by_default_quiet_on_request(text_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_PROGRESS", "1")  # restored after the test (main sets it from --quiet)
+    assert main(["eval", "--task", str(text_folder), "--results", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert "Searching corpus chunks" in err and "100%" in err  # mteb's bars, on stderr
+    assert out.startswith("TextsetRetrieval\tndcg_at_10\t") and out.count("\n") == 1  # stdout: the results only
+    assert main(["eval", "--task", str(text_folder), "--results", str(tmp_path / "b"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "%|" not in err and "Searching" not in err and out.startswith("TextsetRetrieval\t")
+    from harness.synth.operations import _progress
+
+    assert _progress(True, "queries", 3)._p is None  # --quiet silences the synth engine's bars too
+    # --progress (the old opt-in) is still accepted
+    assert main(["eval", "--task", str(text_folder), "--results", str(tmp_path / "a"), "--progress"]) == 0

@@ -62,7 +62,8 @@ def register(subparsers: Any) -> None:
         p.add_argument("--model", help="GGUF file / folder / Hub id / served model name (default: packaged Gemma)")
         p.add_argument("--url", help="http backend: base URL ending in /v1")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="backend option")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true",
+                       help="no progress bars (shown by default)")
 
 
 def _backend(args: argparse.Namespace) -> Any:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backbones.base import Page
+from harness.progress import progress_enabled
 from harness.synth import parsing, prompts
 from harness.synth.backends import Backend, GenParams, Prompt
 from harness.synth.pages import Checked as _Checked
@@ -150,10 +151,11 @@ class _progress:
 
     def __init__(self, enabled: bool, label: str, total: int) -> None:
         self._p = None
-        if enabled and total:
+        if enabled and total and progress_enabled():  # `--quiet` (harness.progress) silences every caller
+            from rich.console import Console
             from rich.progress import Progress
 
-            self._p = Progress(transient=False)
+            self._p = Progress(console=Console(stderr=True), transient=False)  # stdout stays for results
             self._task = self._p.add_task(label, total=total)
             self._p.start()
 

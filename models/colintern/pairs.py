@@ -89,7 +89,7 @@ def pseudo_query_pairs(corpus: TrainingCorpus, config: Config, store_path: Path)
     params = QUERY_PARAMS.model_copy(update={"max_new_tokens": config.max_new_tokens})
     with SynthStore(store_path) as store:
         found, report = pseudo_queries(backend, store, pages, n=config.queries_per_page, kind=config.query_kind,
-                                       params=params, seed=config.query_seed, progress=False)
+                                       params=params, seed=config.query_seed)  # a bar unless --quiet
         tokens = _store_tokens(store, {p.id for p in pages}, config)
     log.info("colintern: %s", report.line())
     index = {p.id: i for i, p in enumerate(pages)}
