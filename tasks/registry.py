@@ -2,7 +2,8 @@
 
 Spec forms (a string, or a dict with ``name`` plus options):
 - ``generated``: the offline generated page task (options: seed, n_entities, ... of GeneratedConfig)
-- ``ViDoRe(v1)`` / ``ViDoRe(v2)``: mteb's benchmarks (option ``local_dir``: a local mirror of the data)
+- ``ViDoRe(v1)``, ``ViDoRe(v2)``, ``ViDoRe(v3)``, ``ViDoRe(v3.1)``: mteb's benchmarks (option ``local_dir``: a local
+  mirror of the data, see ``harness vidore download``)
 - any mteb task name, e.g. ``VidoreDocVQARetrieval`` (option ``local_dir``)
 - a folder in BEIR format (options: split, name, skip_bad_images, candidates_by), as ``{"path": ...}`` or a path
 - ``beir/<dataset>`` (``beir/scifact``): a BEIR dataset by name, downloaded once into the cache by beir's own

@@ -101,13 +101,14 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, dict]:
     return {d["_id"]: folder / d["image"] for d in corpus}, queries, qrels
 
 
-def build_mirror(benchmark: str, root: Path, pages: tuple[dict, dict, dict]) -> dict[tuple[str, str], dict]:
-    """Every public task of the benchmark over the same pages, each (task, subset) with its own share of the
-    queries. Returns (task, subset) -> {query id: text} with qrels under the same ids."""
+def build_mirror(benchmark: str, root: Path, pages: tuple[dict, dict, dict],
+                 only: list[str] | None = None) -> dict[tuple[str, str], dict]:
+    """Every public task of the benchmark (or those named in ``only``) over the same pages, each (task, subset)
+    with its own share of the queries. Returns (task, subset) -> {"queries": {id: text}, "qrels": ...}."""
     images, queries, qrels = pages
     plan = {}
     for k, task in enumerate(benchmark_tasks(benchmark)):
-        if not task.metadata.is_public:
+        if not task.metadata.is_public or (only and task.metadata.name not in only):
             continue
         subsets = list(task.hf_subsets) if task.metadata.is_multilingual else ["default"]
         chosen = {s: {f"{q}-{s}": t for i, (q, t) in enumerate(queries.items()) if (i + k + j) % 3}
@@ -139,22 +140,31 @@ def direct_scores(backbone, pages: tuple[dict, dict, dict], plan: dict) -> dict[
     return out
 
 
+OCR = ("ocr-text", ["mode=pooled"])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("benchmark", ["v1", "v2", "v3"])
-@pytest.mark.parametrize("family,sets", [("ocr-text", ["mode=pooled"]), ("tiny", [])])
+@pytest.mark.parametrize("benchmark,family,sets,only", [
+    # the whole benchmark (every public task, every language) with the OCR-text backbone: real scores
+    ("v1", *OCR, None), ("v2", *OCR, None), ("v3", *OCR, None),
+    # the tiny ColQwen2.5 (image path) and ViDoRe v3.1 (OCR markdown column, t2it) on one task each, by task name
+    ("v1", "tiny", [], ["VidoreDocVQARetrieval"]), ("v2", "tiny", [], ["Vidore2ESGReportsRetrieval"]),
+    ("v3", "tiny", [], ["Vidore3HrRetrieval"]), ("v3.1", *OCR, ["Vidore3HrRetrieval.v2"]),
+], ids=lambda v: v if isinstance(v, str) else None)
 def test_mirror_through_harness_eval_equals_direct_scores(benchmark: str, family: str, sets: list[str],
-                                                          pages: tuple[dict, dict, dict], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+                                                          only: list[str] | None, pages: tuple[dict, dict, dict],
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tasks.vidore import benchmark_name
 
-    plan = build_mirror(benchmark, tmp_path / "mirror", pages)
-    name = benchmark_name(benchmark)
-    spec = json.dumps({"name": name, "local_dir": str(tmp_path / "mirror")})
+    plan = build_mirror(benchmark, tmp_path / "mirror", pages, only)
+    mirror = str(tmp_path / "mirror")
+    specs = [{"name": t, "local_dir": mirror} for t in only] if only else [{"name": benchmark_name(benchmark),
+                                                                            "local_dir": mirror}]
     args = ["eval", "--backbone", family, *[f"--set={s}" for s in sets], "--results", str(tmp_path / "results"),
-            "--task", spec]
+            *[x for spec in specs for x in ("--task", json.dumps(spec))]]
     assert main(args) == 0
     lines = [line.split("\t") for line in capsys.readouterr().out.splitlines() if line.count("\t") == 4]
-    public = [t.metadata.name for t in benchmark_tasks(benchmark) if t.metadata.is_public]
+    public = only or [t.metadata.name for t in benchmark_tasks(benchmark) if t.metadata.is_public]
     assert [line[0] for line in lines] == public and {line[3] for line in lines} == {"evaluated"}
 
     backbone = build_backbone(family, dict(s.split("=", 1) for s in sets))

@@ -37,7 +37,8 @@ def results_root(path: str | Path | None, fetch: bool = False) -> Path:
         try:
             ResultCache(root).download_from_remote()
         except Exception as exc:  # no network, no git: say so, and what to do instead
-            raise PublishedError(f"cannot fetch mteb's results repository into {root / 'remote'}: {exc}; clone "
+            raise PublishedError(f"cannot fetch mteb's results repository into {root / 'remote'}: "
+                                 f"{str(exc).rstrip('.')}; clone "
                                  "https://github.com/embeddings-benchmark/results elsewhere and pass "
                                  "--published-results CLONE") from None
     for candidate in (root, root / "remote"):
