@@ -10,23 +10,7 @@ import pytest
 
 from harness.cli import main
 from harness.report import leaderboard
-
-CUSTOM_MODEL = '''
-"""A variant from outside models/: queries are prefixed before encoding (shows the extension point)."""
-from harness.evaluate.encoder import HarnessEncoder, make_meta
-
-
-class PrefixedEncoder(HarnessEncoder):
-    def encode(self, inputs, **kwargs):
-        if kwargs.get("prompt_type") is not None and kwargs["prompt_type"].value == "query":
-            inputs = [{**b, "text": ["query: " + t for t in b["text"]]} for b in inputs]
-        return super().encode(inputs, **kwargs)
-
-
-def load_model(backbone, checkpoint=None, cache=None):
-    meta = make_meta(f"prefixed/{backbone.describe()}", backbone.fingerprint() + "-p", backbone)
-    return PrefixedEncoder(backbone, meta, cache)
-'''
+from helpers import CUSTOM_MODEL
 
 CUSTOM_RECIPE = '''
 from pydantic import BaseModel, ConfigDict

@@ -25,7 +25,7 @@ from harness.evaluate.significance import holm
 from harness.report import board as board_mod
 from harness.report import browser, costs, leaderboard
 from harness.report.results import collect
-from test_cli_and_leaderboard import CUSTOM_MODEL
+from helpers import CUSTOM_MODEL
 
 # The same prefixed-query wrapper as the custom variant of test_cli_and_leaderboard, trained here.
 TRAINED_MODEL = CUSTOM_MODEL

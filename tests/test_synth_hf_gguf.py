@@ -27,6 +27,7 @@ QUERIES = [q for _, q in FACTS[:2]]
 # irrelevant gap on the same pairs was 2.9-4.3 nats. 0.3 is twice the largest difference seen and still 10x under
 # the gap a relevance decision rests on.
 QL_TOLERANCE = 0.3
+pytestmark = pytest.mark.slow  # the module fixture converts the GGUF with transformers (~80 s)
 
 
 @pytest.fixture(scope="module")

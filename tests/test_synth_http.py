@@ -67,6 +67,7 @@ def llama_server() -> Iterator[str]:
             proc.wait()
 
 
+@pytest.mark.slow
 def test_real_server_generates_scores_and_judges(llama_server: str, tmp_path: Path) -> None:
     backend = OpenAIBackend(llama_server, "gemma", instruct=False, concurrency=2, timeout_s=60, retries=1)
     gen = backend.generate([Prompt("Question: What is the capital of France?\nAnswer:")],

@@ -19,7 +19,7 @@ from conftest import FACTS
 from harness.backbones.base import Page
 from harness.cli import main
 from harness.synth import operations as ops
-from harness.synth.backends import GenParams, Prompt, make_backend
+from harness.synth.backends import Generation, GenParams, Prompt, make_backend
 from harness.synth.store import SynthStore
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is a dependency: run scripts/setup.sh")
@@ -66,8 +66,13 @@ def test_judges_on_the_packaged_model(backend, tmp_path: Path) -> None:  # noqa:
     assert pmi[0] > pmi[1] and pmi[2] > pmi[3]
     assert pmi_report.reused == 4 and pmi_report.new == 2  # one prior per query; the likelihoods came from the store
     assert all(v is not None and 0 < v < 1 for v in p_yes)
-    assert all(label in ("highly", "somewhat", "not", None) for label in labels)
-    assert sum(graded.statuses.values()) == 4
+    # each label is what the model wrote for that (query, page): its word is in the raw answer, and only the
+    # answers the parser read count as ok
+    graded_records = {(r["inputs"]["query"], r["inputs"]["page"]): r for r in map(
+        json.loads, (tmp_path / "s.jsonl").read_text().splitlines()) if r["op"] == "judge_graded"}
+    raws = [graded_records[(it.query_id, it.page.id)]["raw"].lower() for it in items]
+    assert all(label is None or label in raw for label, raw in zip(labels, raws, strict=True))
+    assert graded.statuses.get("ok", 0) == sum(label is not None for label in labels) and len(labels) == 4
     assert prefs[0] is not None and 0 <= prefs[0] <= 1 and pair.calls == 2
 
 
@@ -78,29 +83,55 @@ def test_syntriever_on_the_packaged_model(backend, tmp_path: Path) -> None:  # n
                                                     progress=False)
     s = samples[0]
     assert len(s.positives) + len(s.negatives) >= 1
-    ops_written = [json.loads(x)["op"] for x in (tmp_path / "s.jsonl").read_text().splitlines()]
-    assert ops_written.count("syntriever") == 3
-    if reports[0].statuses.get("ok", 0) and any("relevant" in x for x in ops_written):
-        verify = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()
-                  if json.loads(x)["op"] == "self_verify"]
-        assert all(v["inputs"]["page"] == "q0:relevant" for v in verify)
+    records = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    made = {r["inputs"]["what"]: r for r in records if r["op"] == "syntriever"}
+    assert sorted(made) == ["cot", "irrelevant", "relevant"]
+    assert made["cot"]["params"]["stop"] == ["Question:"]  # base model: not "\n\n" (see the scripted test below)
+    # the generated relevant passage (when there is one) is self-verified, and the verdict decides its side
+    passage, irrelevant = made["relevant"]["parsed"], made["irrelevant"]["parsed"]
+    verify = [r for r in records if r["op"] == "self_verify"]
+    assert [v["inputs"]["page"] for v in verify] == (["q0:relevant"] if passage else [])
+    verdict = verify[0]["parsed"] if verify else None
+    rejected = passage is not None and verdict is not None and verdict < 0.5
+    assert s.positives == ([passage] if passage and not rejected else [])
+    assert s.negatives == ([passage] if rejected else []) + ([irrelevant] if irrelevant else [])
 
 
-def test_syntriever_passage_after_a_leading_blank_line(backend, tmp_path: Path) -> None:  # noqa: ANN001
-    # The packaged base model starts about 1 output in 5 with a blank line, then writes the passage; a stop at
-    # "\n\n" turned those into empty passages. This SciFact training query's CoT (seed 0) is one of them.
-    params = GenParams(max_new_tokens=16, temperature=0.7, top_p=1.0)
+class _BlankLineFirst:
+    """A base model (no chat template) that, like the packaged 270M model in about 1 call in 5, starts its answer with
+    a blank line, then writes the passage, then a second paragraph. It honours ``stop`` as llama.cpp does."""
+
+    kind, model, instruct, sees_images, parallelism = "scripted", "blank-line-first", False, False, 1
+    RAW = "\nBLM encodes a RecQ-class DNA helicase.\n\nIt is mutated in Bloom syndrome.\nQuestion: next"
+
+    def __init__(self) -> None:
+        self.stops: list[tuple[str, ...]] = []
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "model": self.model}
+
+    def generate(self, prompts, params, seeds=None) -> list[Generation]:  # noqa: ANN001
+        self.stops.append(params.stop)
+        cut = min([self.RAW.index(x) for x in params.stop if x in self.RAW] or [len(self.RAW)])
+        return [Generation(self.RAW[:cut], 10, 12) for _ in prompts]
+
+
+def test_syntriever_passage_after_a_leading_blank_line(tmp_path: Path) -> None:
+    # A stop at "\n\n" turned such outputs into empty passages (9 of 10 empties in
+    # benchmarks/synth_syntriever_empty.py); base models now stop at "Question:" and keep the first paragraph.
+    llm = _BlankLineFirst()
     with SynthStore(tmp_path / "s.jsonl") as store:
-        samples, _ = ops.syntriever_synthesis(backend, store, {"157": "BLM gene encodes RecQ-class DNA helicase."},
-                                              params=params, verify=False, progress=False)
+        samples, reports = ops.syntriever_synthesis(llm, store, {"157": "BLM gene encodes RecQ-class DNA helicase."},
+                                                    params=GenParams(max_new_tokens=16), verify=False, progress=False)
+    assert set(llm.stops) == {("Question:",)}
     records = {r["inputs"]["what"]: r for r in map(json.loads, (tmp_path / "s.jsonl").read_text().splitlines())}
-    cot = records["cot"]
-    assert cot["status"] == "ok", cot  # stopping at the blank line made it "empty"
-    assert cot["raw"].startswith("\n")  # the case under test (if not, the model or its sampling changed)
-    assert samples[0].cot == cot["parsed"] and cot["parsed"][0].isalnum()
-    assert "\n\n" not in cot["parsed"] and cot["params"]["stop"] == ["Question:"]
+    assert {w: r["status"] for w, r in records.items()} == {"relevant": "ok", "irrelevant": "ok", "cot": "ok"}
+    assert records["cot"]["raw"].startswith("\n") and "Bloom" in records["cot"]["raw"]  # recorded whole
+    assert samples[0].cot == records["cot"]["parsed"] == "BLM encodes a RecQ-class DNA helicase."
+    assert samples[0].positives == ["BLM encodes a RecQ-class DNA helicase."] and reports[0].statuses["ok"] == 3
 
 
+@pytest.mark.slow
 def test_synth_commands(text_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store, out = tmp_path / "q.jsonl", tmp_path / "queries.jsonl"
     assert main(["synth", "queries", str(text_folder), "--store", str(store), "--out", str(out), "--n", "1",
@@ -120,6 +151,7 @@ def test_synth_commands(text_folder: Path, tmp_path: Path, capsys: pytest.Captur
     assert "queries:" in text and "judge_ql:" in text and "syntriever:" in text and "self_verify" in text
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_duplicates(text_folder: Path, tmp_path: Path) -> None:
     store = tmp_path / "q.jsonl"
     cmd = [sys.executable, "-m", "harness.cli", "synth", "queries", str(text_folder), "--store", str(store),

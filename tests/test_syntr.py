@@ -5,63 +5,19 @@ with the engine's Backend interface, so the test is offline and fast."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from harness.backbones import build_backbone, load_backbone
 from harness.evaluate.runner import evaluate_model
 from harness.retrieval.cache import EmbeddingCache
-from harness.synth.backends import Choice, Generation, Score
-from harness.variants import TrainingCorpus
+from helpers import SYNTR_CONFIG as CONFIG
+from helpers import FakeBackend
+from helpers import syntr_corpus as _corpus
 from models.syntr import model as syntr_model
 from models.syntr import recipe
 from tasks.beir_folder import BeirFolderTask
-
-
-class FakeBackend:
-    """Queries name their page; query likelihood is high on the query's own page, low elsewhere."""
-
-    kind, model, instruct, sees_images, parallelism = "fake", "fake", True, False, 1
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def prepare(self, pages: Any) -> None:
-        pass
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "fake", "model": "fake"}
-
-    def generate(self, prompts: Any, params: Any, seeds: Any = None) -> list[Generation]:
-        self.calls += len(prompts)
-        return [Generation(f"what is on page {p.pages[0].id} seed {s}?", 10, 8)
-                for p, s in zip(prompts, seeds, strict=True)]
-
-    def score(self, prompts: Any, continuations: Any) -> list[Score]:
-        self.calls += len(prompts)
-        out = []
-        for p, c in zip(prompts, continuations, strict=True):
-            own = bool(p.pages) and f"page {p.pages[0].id} " in c
-            out.append(Score((-1.0 if own else -3.0) * 8 if p.pages else -2.5 * 8, 8))
-        return out
-
-    def next_token_logprobs(self, prompt: Any, candidates: Any) -> Choice:
-        return Choice({c: math.log(0.5) for c in candidates})
-
-
-def _corpus(folder: Path) -> TrainingCorpus:
-    task = BeirFolderTask(folder)
-    from harness.pipeline import training_corpus
-
-    return training_corpus(task)
-
-
-CONFIG = {"pages": 6, "queries_per_page": 2, "top_m": 4, "n_negatives": 2, "val_fraction": 0.2,
-          "test_fraction": 0.2, "lora": {"r": 4, "alpha": 8},
-          "train": {"steps": 4, "batch_size": 2, "logging_steps": 1}}
 
 
 def test_syntr_tiny_colpali_train_save_reload_mteb(image_folder: Path, tmp_path: Path,

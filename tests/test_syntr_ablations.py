@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_syntr import CONFIG, FakeBackend, _corpus
 
 from harness.backbones import build_backbone
 from harness.backbones.base import Page
 from harness.synth.backends import Choice, Generation
 from harness.synth.store import SynthStore
 from harness.train import rank
+from helpers import SYNTR_CONFIG as CONFIG
+from helpers import FakeBackend
+from helpers import syntr_corpus as _corpus
 from models.syntr import recipe
 
 IDS = [f"p{i}" for i in range(6)]

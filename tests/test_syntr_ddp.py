@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_syntr import CONFIG, FakeBackend, _corpus
 
 from harness.backbones import build_backbone
 from harness.train import Stages, load_checkpoint
+from helpers import SYNTR_CONFIG as CONFIG
+from helpers import FakeBackend
+from helpers import syntr_corpus as _corpus
 from models.syntr import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,12 +26,13 @@ DDP_CONFIG = {**CONFIG, "train": {"steps": 1, "batch_size": 2, "logging_steps": 
 SCRIPT = r'''
 import json, os, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[4])  # tests/: the fake backend and the corpus helper of test_syntr
+sys.path.insert(0, sys.argv[4])  # tests/: the fake backend and the corpus helper (tests/helpers.py)
 import harness  # noqa: F401
 from harness.backbones import build_backbone
 from harness.train.loop import run_loop
 from models.syntr import recipe
-from test_syntr import FakeBackend, _corpus
+from helpers import FakeBackend
+from helpers import syntr_corpus as _corpus
 
 out, folder, config = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 fake, made, seen, steps = FakeBackend(), [], [], []
@@ -65,6 +68,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_syntr_recipe_under_torchrun(image_folder: Path, tmp_path: Path) -> None:
     # The single-process reference: steps 1-4 only (what rank 0 does before training).
     single = tmp_path / "single"

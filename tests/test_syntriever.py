@@ -89,6 +89,7 @@ def _text_run(folder: Path, results: Path, variants: list[dict[str, Any]], split
                      tasks=[{"path": str(folder), "split": split, "name": "SplitText"}])
 
 
+@pytest.mark.slow
 def test_text_setting_both_stages_through_the_pipeline(split_folder: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
     train_spec = {"path": str(split_folder), "split": "train"}
     common = {"train": {"batch_size": 4, "steps": 2, "lr": 1e-4}, "stage2": {"batch_size": 4, "steps": 2},

@@ -279,6 +279,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(tmp_path: Path) -> None:
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)

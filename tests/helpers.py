@@ -1,0 +1,73 @@
+"""Helpers several test modules share (test modules never import each other): a fake LLM backend for SynTR, its
+training corpus and config, and the source of a variant from outside models/."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from harness.synth.backends import Choice, Generation, Score
+from harness.variants import TrainingCorpus
+from tasks.beir_folder import BeirFolderTask
+
+# A variant's model.py from outside models/: queries are prefixed before encoding (shows the extension point).
+CUSTOM_MODEL = '''
+"""A variant from outside models/: queries are prefixed before encoding (shows the extension point)."""
+from harness.evaluate.encoder import HarnessEncoder, make_meta
+
+
+class PrefixedEncoder(HarnessEncoder):
+    def encode(self, inputs, **kwargs):
+        if kwargs.get("prompt_type") is not None and kwargs["prompt_type"].value == "query":
+            inputs = [{**b, "text": ["query: " + t for t in b["text"]]} for b in inputs]
+        return super().encode(inputs, **kwargs)
+
+
+def load_model(backbone, checkpoint=None, cache=None):
+    meta = make_meta(f"prefixed/{backbone.describe()}", backbone.fingerprint() + "-p", backbone)
+    return PrefixedEncoder(backbone, meta, cache)
+'''
+
+
+class FakeBackend:
+    """Queries name their page; query likelihood is high on the query's own page, low elsewhere."""
+
+    kind, model, instruct, sees_images, parallelism = "fake", "fake", True, False, 1
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prepare(self, pages: Any) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "fake", "model": "fake"}
+
+    def generate(self, prompts: Any, params: Any, seeds: Any = None) -> list[Generation]:
+        self.calls += len(prompts)
+        return [Generation(f"what is on page {p.pages[0].id} seed {s}?", 10, 8)
+                for p, s in zip(prompts, seeds, strict=True)]
+
+    def score(self, prompts: Any, continuations: Any) -> list[Score]:
+        self.calls += len(prompts)
+        out = []
+        for p, c in zip(prompts, continuations, strict=True):
+            own = bool(p.pages) and f"page {p.pages[0].id} " in c
+            out.append(Score((-1.0 if own else -3.0) * 8 if p.pages else -2.5 * 8, 8))
+        return out
+
+    def next_token_logprobs(self, prompt: Any, candidates: Any) -> Choice:
+        return Choice({c: math.log(0.5) for c in candidates})
+
+
+def syntr_corpus(folder: Path) -> TrainingCorpus:
+    task = BeirFolderTask(folder)
+    from harness.pipeline import training_corpus
+
+    return training_corpus(task)
+
+
+SYNTR_CONFIG = {"pages": 6, "queries_per_page": 2, "top_m": 4, "n_negatives": 2, "val_fraction": 0.2,
+                "test_fraction": 0.2, "lora": {"r": 4, "alpha": 8},
+                "train": {"steps": 4, "batch_size": 2, "logging_steps": 1}}
