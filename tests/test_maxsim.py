@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.retrieval.maxsim import maxsim, pad_vectors
+from harness.retrieval.maxsim import DocIndex, maxsim, pad_vectors
 
 
 def reference(q: list[torch.Tensor], d: list[torch.Tensor]) -> torch.Tensor:
@@ -16,13 +16,32 @@ def reference(q: list[torch.Tensor], d: list[torch.Tensor]) -> torch.Tensor:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.lists(st.integers(1, 7), min_size=1, max_size=6),
-       st.integers(2, 8), st.integers(0, 10_000), st.integers(1, 4096))
-def test_maxsim_matches_reference(q_lens, d_lens, dim, seed, budget) -> None:
+       st.integers(2, 8), st.integers(0, 10_000), st.integers(1, 4096), st.integers(1, 40))
+def test_maxsim_matches_reference(q_lens, d_lens, dim, seed, budget, block_tokens) -> None:
     g = torch.Generator().manual_seed(seed)
     q = [F.normalize(torch.randn(n, dim, generator=g), dim=-1) for n in q_lens]
     d = [F.normalize(torch.randn(n, dim, generator=g), dim=-1) for n in d_lens]
-    got = maxsim(pad_vectors(q), pad_vectors(d), budget=budget)
-    assert torch.allclose(got, reference(q, d), atol=1e-5)
+    want = reference(q, d)
+    assert torch.allclose(maxsim(pad_vectors(q), pad_vectors(d), budget=budget), want, atol=1e-5)
+    # a prebuilt index (small blocks: many blocks, shorter pages filled with copies of a token), reused
+    index = DocIndex(d, block_tokens=block_tokens)
+    for _ in range(2):
+        assert torch.allclose(maxsim(pad_vectors(q), index, budget=budget), want, atol=1e-5)
+
+
+def test_bf16_products_stay_close_to_fp32() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = pad_vectors([F.normalize(torch.randn(n, 64, generator=g), dim=-1) for n in (3, 7)])
+    d = [F.normalize(torch.randn(n, 64, generator=g), dim=-1) for n in (5, 40, 9)]
+    fp32, bf16 = maxsim(q, d), maxsim(q, DocIndex(d, dtype=torch.bfloat16))
+    assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
+    assert torch.allclose(fp32, bf16, atol=0.05)
+
+
+def test_a_page_without_tokens_scores_minus_one_per_real_query_token() -> None:
+    q = pad_vectors([torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0]])])
+    d = [torch.tensor([[1.0, 0.0]]), torch.zeros(0, 2)]
+    assert maxsim(q, d).tolist() == [[1.0, -2.0], [1.0, -1.0]]
 
 
 def test_padding_never_beats_negative_real_tokens() -> None:

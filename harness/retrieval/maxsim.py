@@ -1,16 +1,35 @@
-"""Masked MaxSim over padded multi-vector batches.
+"""MaxSim, the one late-interaction score: evaluation, mining, validation and (with autograd) the losses.
 
-mteb's own max_sim treats zero padding as real tokens (a padded document token scores 0, which beats real
-tokens with negative similarity); here padded document tokens are masked out. Padding rows are all-zero
-vectors (real vectors are L2-normalised), so the mask needs no side channel through mteb.
+s(q, d) = sum over the query's real tokens of max over the document's real tokens of q_i . d_j.
+
+Padding: vectors are zero-padded to rectangles (real vectors are L2-normalised, so a zero row is padding and needs no
+side channel through mteb). A padded query row scores 0 against everything and adds nothing. Padded document tokens
+must never be scored (mteb's and colpali-engine's max_sim score them 0, a floor under negative similarities); a
+document without any real token scores -1 per real query token (the lowest cosine).
+
+The no-grad engine (``maxsim`` over a ``DocIndex``) spends its time in one kind of work, large matrix products:
+- documents are sorted by length and packed into blocks of similar lengths, so the few long pages do not pad the
+  many short ones;
+- inside a block, a shorter document is filled with copies of its own first token instead of zeros: a copy cannot
+  change a max, so no mask is applied and no -inf pass is made over the similarity tile;
+- the queries' token rows and the block's token columns form one [rows, tokens] product per tile, reduced by a max
+  over each document's columns; tiles are bounded (``budget`` floats), so memory is bounded and a
+  corpus streams block by block;
+- ``dtype=torch.bfloat16`` runs the products in bf16 (fast where the CPU has AVX512-BF16/AMX; scores then differ
+  from fp32 by about 1e-2) and sums in fp32.
+``score_matrix`` is the differentiable twin used by the training losses (same score on the same tensors).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+DEFAULT_BUDGET = 1 << 22  # floats per similarity tile (16 MiB in fp32); fewer, larger products win (benchmarks/)
 
-def pad_vectors(items: list[torch.Tensor]) -> torch.Tensor:
+
+def pad_vectors(items: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack [T_i, D] matrices into a zero-padded [N, max T, D] tensor."""
     width = max(x.shape[0] for x in items)
     out = items[0].new_zeros(len(items), width, items[0].shape[-1])
@@ -19,42 +38,85 @@ def pad_vectors(items: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def maxsim(queries: torch.Tensor, docs: torch.Tensor, budget: int = 1 << 26) -> torch.Tensor:
-    """s(q, d) = sum_i max_j q_i . d_j over real tokens; queries [Q, Tq, D], docs [N, Td, D] -> [Q, N].
+def real_tokens(padded: torch.Tensor) -> list[torch.Tensor]:
+    """The real (non-zero) rows of each [T, D] matrix of a zero-padded [N, T, D] tensor."""
+    keep = padded.abs().sum(-1) != 0
+    return [x[m] for x, m in zip(padded, keep, strict=True)]
 
-    Documents are processed shortest first, in blocks trimmed to the block's longest document, so the
-    padding of a few long pages costs nothing for the many short ones; each [Q, Tq, n, L] similarity
-    block stays under ``budget`` floats.
+
+class DocIndex:
+    """Documents as length-sorted blocks ready for MaxSim: built once, scored against any number of query batches.
+
+    ``docs``: a zero-padded [N, T, D] tensor or a list of [T_i, D] matrices (their rows all real). ``block_tokens``
+    bounds the tokens (columns) of one block; blocks hold documents whose lengths differ little, so the filled
+    columns (copies of a document's first token) stay few.
     """
-    queries = torch.as_tensor(queries).float()
-    docs = torch.as_tensor(docs).float()
+
+    def __init__(self, docs: torch.Tensor | Sequence[torch.Tensor], *, block_tokens: int = 16384,
+                 dtype: torch.dtype = torch.float32) -> None:
+        items = real_tokens(torch.as_tensor(docs)) if isinstance(docs, torch.Tensor) else list(docs)
+        if not items:
+            raise ValueError("DocIndex: no documents")
+        self.size = len(items)
+        self.dim = items[0].shape[-1]
+        self.dtype = dtype
+        lengths = torch.tensor([x.shape[0] for x in items])
+        self.empty = torch.nonzero(lengths == 0).flatten()  # scored -1 per query token
+        order = [int(i) for i in torch.argsort(lengths, stable=True) if lengths[i] > 0]
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (document ids [n], tokens [n * L, D])
+        start = 0
+        while start < len(order):
+            # ascending lengths: grow the block while n * (its longest) fits in block_tokens
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * int(lengths[order[end]]) <= block_tokens:
+                end += 1
+            ids = order[start:end]
+            width = int(lengths[ids[-1]])
+            block = torch.empty(len(ids), width, self.dim, dtype=dtype)
+            for row, i in enumerate(ids):
+                x = items[i].to(dtype)
+                block[row, : x.shape[0]] = x
+                block[row, x.shape[0]:] = x[0]  # copies of a real token: never change the max
+            self.blocks.append((torch.tensor(ids), block.view(-1, self.dim)))
+            start = end
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for _, b in self.blocks)
+
+
+def maxsim(queries: torch.Tensor, docs: torch.Tensor | Sequence[torch.Tensor] | DocIndex, *,
+           budget: int = DEFAULT_BUDGET, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """MaxSim of zero-padded queries [Q, Tq, D] (or [Q, D]) against documents -> [Q, N] fp32 scores.
+
+    ``docs``: a zero-padded [N, Td, D] tensor, a list of [T_i, D] matrices, or a prebuilt ``DocIndex`` (reuse it
+    across query batches). ``budget``: floats per similarity tile. ``dtype``: the products' dtype when ``docs`` is
+    not an index yet (an index keeps its own).
+    """
+    queries = torch.as_tensor(queries)
     if queries.dim() == 2:
         queries = queries.unsqueeze(1)
-    if docs.dim() == 2:
-        docs = docs.unsqueeze(1)
+    if not isinstance(docs, DocIndex):
+        docs = torch.as_tensor(docs) if isinstance(docs, torch.Tensor) else docs
+        if isinstance(docs, torch.Tensor) and docs.dim() == 2:
+            docs = docs.unsqueeze(1)
+        docs = DocIndex(docs, dtype=dtype or torch.float32)
     q, tq, dim = queries.shape
-    doc_pad = docs.abs().sum(-1) == 0  # [N, Td]
-    lengths = (~doc_pad).sum(1)
-    order = torch.argsort(lengths, stable=True)
-    flat_q = queries.reshape(q * tq, dim)
-    scores = queries.new_empty(q, docs.shape[0])
-    start = 0
-    while start < len(order):
-        per_doc = q * tq  # floats per document token in the block
-        n = max(1, budget // (per_doc * max(1, int(lengths[order[start]]))))
-        # Sorted ascending: the block's last document is its longest; shrink the block to fit it.
-        last = min(start + n, len(order)) - 1
-        n = max(1, budget // (per_doc * max(1, int(lengths[order[last]]))))
-        idx = order[start : start + n]
-        width = max(1, int(lengths[idx].max()))
-        d = docs[idx, :width]
-        sim = (flat_q @ d.reshape(-1, dim).T).view(q, tq, len(idx), width)
-        sim.masked_fill_(doc_pad[idx, :width][None, None], float("-inf"))
-        # A padded query row (zero vector) scores 0 against real tokens and adds nothing; a document
-        # without any real token gets -1 per query token (the lowest cosine) instead of -inf.
-        best = torch.nan_to_num(sim.amax(-1), neginf=-1.0)  # [Q, Tq, n]
-        scores[:, idx] = best.sum(1)
-        start += len(idx)
+    if dim != docs.dim:
+        raise ValueError(f"maxsim: queries have {dim} dimensions, documents {docs.dim}")
+    flat = queries.reshape(q * tq, dim).to(docs.dtype)
+    scores = torch.empty(q, docs.size)
+    if len(docs.empty):
+        scores[:, docs.empty] = -(queries.abs().sum(-1) != 0).sum(1, keepdim=True).float()
+    for ids, tokens in docs.blocks:
+        n = len(ids)
+        width = tokens.shape[0] // n
+        # query rows per tile: as many as keep [rows, n * width] within budget (at least one query's rows)
+        per = max(1, budget // (tokens.shape[0] * tq))
+        for s in range(0, q, per):
+            rows = flat[s * tq : (s + per) * tq]
+            best = (rows @ tokens.T).view(-1, tq, n, width).amax(-1)  # [q', Tq, n]
+            scores[s : s + per, ids] = best.float().sum(1)
     return scores
 
 

@@ -1,0 +1,127 @@
+"""Binary two-stage search for any multi-vector model (ColQwen3VL's search, RECIPES.md section 3).
+
+Index: each token vector becomes its sign bits (x >= 0), packed 8 per byte (16 bytes for 128 dimensions); each
+page also gets one pooled vector, the majority vote of its tokens' bits. Hamming similarity is dim - popcount(a xor
+b). For +-1 vectors a . b = dim - 2 hamming, so every Hamming score here is computed exactly as a product of +-1
+matrices (bf16 holds +-1 and every sum up to 256 exactly):
+- ``pooled`` first stage: sum over query tokens of the Hamming similarity to the page's vote vector, which is one
+  matrix-vector product with the query's summed +-1 tokens;
+- ``multi`` first stage: binary MaxSim, sum over query tokens of the best Hamming similarity over the page's tokens.
+The first stage keeps top_k x rescore_ratio candidates per query; the second reranks them by float MaxSim on the
+stored float vectors (the exact score of ``harness.retrieval.maxsim``), and the candidates below them keep their
+first-stage order, under the reranked ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from harness.retrieval.maxsim import DocIndex, maxsim, real_tokens
+
+FirstStage = Literal["pooled", "multi"]
+
+
+def pack_bits(x: torch.Tensor) -> np.ndarray:
+    """Sign bits (x >= 0) of [..., D] vectors packed along the last axis: [..., ceil(D / 8)] uint8."""
+    return np.packbits(x.detach().cpu().numpy() >= 0, axis=-1)
+
+
+def unpack_signs(bits: np.ndarray, dim: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The +-1 vectors of packed sign bits: [..., dim]."""
+    return torch.from_numpy(np.unpackbits(bits, axis=-1, count=dim).astype(np.int8) * 2 - 1).to(dtype)
+
+
+def hamming_similarity(a: np.ndarray, b: np.ndarray, dim: int) -> np.ndarray:
+    """dim - popcount(a xor b) for packed bit vectors (broadcasting over leading axes)."""
+    return dim - np.bitwise_count(np.bitwise_xor(a, b)).sum(-1, dtype=np.int64)
+
+
+def majority_vote(token_bits: np.ndarray, dim: int) -> np.ndarray:
+    """One packed vector per page: each bit set where at least half of the page's tokens set it (ties set)."""
+    votes = np.unpackbits(token_bits, axis=-1, count=dim).astype(np.int32).sum(0)
+    return np.packbits(2 * votes >= len(token_bits))
+
+
+@dataclass
+class SearchStats:
+    candidates: int = 0  # (query, page) pairs reranked in float
+    pages: int = 0
+
+
+class BinaryIndex:
+    """Packed bits of every page's tokens (and its vote vector) for the first stage, the float vectors for the second.
+
+    ``docs``: a zero-padded [N, T, D] tensor or a list of [T_i, D] matrices (real rows only). A page without any real
+    token is never a candidate.
+    """
+
+    def __init__(self, docs: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        items = real_tokens(docs) if isinstance(docs, torch.Tensor) else [torch.as_tensor(x) for x in docs]
+        self.dim = items[0].shape[-1]
+        self.size = len(items)
+        self.floats = [x.float().contiguous() for x in items]
+        self.token_bits = [pack_bits(x) for x in items]
+        empty = np.zeros((len(items), (self.dim + 7) // 8), np.uint8)
+        self.pooled_bits = np.stack([majority_vote(b, self.dim) if len(b) else e
+                                     for b, e in zip(self.token_bits, empty, strict=True)])
+        self.has_tokens = torch.tensor([len(b) > 0 for b in self.token_bits])
+
+    @property
+    def binary_nbytes(self) -> int:
+        """Bytes of the first stage's index (token bits and vote vectors)."""
+        return sum(b.nbytes for b in self.token_bits) + self.pooled_bits.nbytes
+
+    @property
+    def float_nbytes(self) -> int:
+        return sum(x.numel() * 4 for x in self.floats)
+
+    def first_stage(self, queries: torch.Tensor, how: FirstStage) -> torch.Tensor:
+        """Hamming scores [Q, N] of zero-padded queries [Q, Tq, D] (padded query rows count for nothing)."""
+        real = queries.abs().sum(-1) != 0  # [Q, Tq]
+        signs = torch.where(queries >= 0, 1.0, -1.0) * real[..., None]  # padded rows -> 0
+        if how == "pooled":
+            pages = unpack_signs(self.pooled_bits, self.dim, torch.float32)
+            dots = signs.sum(1) @ pages.T  # sum_t q_t . p
+        else:
+            docs = [unpack_signs(b, self.dim) for b in self.token_bits]
+            dots = maxsim(signs.to(torch.bfloat16), [d if len(d) else d.new_zeros(0, self.dim) for d in docs],
+                          dtype=torch.bfloat16)
+        hamming = (real.sum(1, keepdim=True) * self.dim + dots) / 2  # sum_t (dim - hamming_t)
+        return hamming.masked_fill(~self.has_tokens[None], float("-inf"))
+
+    def search(self, queries: torch.Tensor, top_k: int, *, first: FirstStage = "pooled", rescore_ratio: int = 10,
+               stats: SearchStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top ``top_k`` pages per query: (scores [Q, k], page indices [Q, k]), best first. Scores of reranked pages
+        are float MaxSim; with ``rescore_ratio`` * top_k >= N this is exhaustive float MaxSim."""
+        queries = torch.as_tensor(queries).float()
+        k = min(top_k, self.size)
+        keep = min(self.size, top_k * rescore_ratio)
+        first_scores = self.first_stage(queries, first)
+        cand = first_scores.topk(keep, dim=1).indices  # [Q, keep]
+        out_scores = torch.empty(len(queries), k)
+        out_ids = torch.empty(len(queries), k, dtype=torch.long)
+        for i, q in enumerate(queries):
+            ids = [int(j) for j in cand[i] if self.has_tokens[j]]
+            qi = q[q.abs().sum(-1) != 0]
+            scores = torch.stack([(qi @ self.floats[j].T).amax(1).sum() for j in ids]) if ids else torch.empty(0)
+            order = torch.argsort(scores, descending=True, stable=True)[:k]
+            n = len(order)
+            out_scores[i, :n], out_ids[i, :n] = scores[order], torch.tensor(ids, dtype=torch.long)[order]
+            if n < k:  # fewer real candidates than k: pad with the lowest score
+                out_scores[i, n:], out_ids[i, n:] = float("-inf"), -1
+            if stats:
+                stats.candidates += len(ids)
+        if stats:
+            stats.pages = self.size
+        return out_scores, out_ids
+
+
+def exhaustive_search(queries: torch.Tensor, docs: DocIndex, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float MaxSim over every page: the reference the two-stage search is measured against."""
+    scores = maxsim(queries, docs)
+    return scores.topk(min(top_k, scores.shape[1]), dim=1)

@@ -1,0 +1,113 @@
+"""Binary two-stage search against direct computations (property-based: hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.retrieval.binary import (
+    BinaryIndex,
+    SearchStats,
+    exhaustive_search,
+    hamming_similarity,
+    majority_vote,
+    pack_bits,
+    unpack_signs,
+)
+from harness.retrieval.maxsim import DocIndex, maxsim, pad_vectors
+
+DIMS = st.sampled_from([8, 16, 24, 128])
+
+
+def vectors(lengths: list[int], dim: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [F.normalize(torch.randn(n, dim, generator=g), dim=-1) for n in lengths]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), DIMS, st.integers(0, 10_000))
+def test_sign_bits_round_trip(n: int, dim: int, seed: int) -> None:
+    x = vectors([n], dim, seed)[0]
+    x[0, 0] = 0.0  # a zero coordinate counts as non-negative
+    bits = pack_bits(x)
+    assert bits.shape == (n, dim // 8) and bits.dtype == np.uint8
+    assert torch.equal(unpack_signs(bits, dim, torch.float32), torch.where(x >= 0, 1.0, -1.0))
+
+
+def test_128_dimensions_pack_into_16_bytes() -> None:
+    assert pack_bits(torch.randn(3, 128)).shape == (3, 16)
+
+
+@settings(max_examples=30, deadline=None)
+@given(DIMS, st.integers(0, 10_000))
+def test_hamming_similarity_is_dim_minus_differing_signs(dim: int, seed: int) -> None:
+    a, b = vectors([1, 1], dim, seed)
+    differ = int(((a >= 0) != (b >= 0)).sum())
+    assert hamming_similarity(pack_bits(a), pack_bits(b), dim).item() == dim - differ
+    sa, sb = (unpack_signs(pack_bits(x), dim, torch.float32) for x in (a, b))
+    assert float(sa @ sb.T) == dim - 2 * differ  # the identity the fast first stages rely on
+
+
+def test_majority_vote_sets_a_bit_where_at_least_half_the_tokens_do() -> None:
+    tokens = np.packbits(np.array([[1, 1, 0, 0, 1, 0, 0, 0], [1, 0, 0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0],
+                                   [1, 0, 1, 0, 0, 0, 0, 0]], dtype=bool), axis=-1)
+    assert np.unpackbits(majority_vote(tokens, 8)).tolist() == [1, 0, 0, 1, 1, 0, 0, 0]
+
+
+def direct_first_stage(q: list[torch.Tensor], docs: list[torch.Tensor], dim: int, how: str) -> np.ndarray:
+    out = np.zeros((len(q), len(docs)))
+    for i, qq in enumerate(q):
+        qb = pack_bits(qq)
+        for j, d in enumerate(docs):
+            db = pack_bits(d)
+            if how == "pooled":
+                out[i, j] = sum(hamming_similarity(t, majority_vote(db, dim), dim) for t in qb)
+            else:
+                out[i, j] = sum(max(hamming_similarity(t, u, dim) for u in db) for t in qb)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.lists(st.integers(1, 6), min_size=1, max_size=6),
+       DIMS, st.sampled_from(["pooled", "multi"]), st.integers(0, 10_000))
+def test_first_stage_equals_hamming_computed_directly(q_lens, d_lens, dim, how, seed) -> None:
+    q, docs = vectors(q_lens, dim, seed), vectors(d_lens, dim, seed + 1)
+    got = BinaryIndex(docs).first_stage(pad_vectors(q), how).numpy()
+    assert np.array_equal(got, direct_first_stage(q, docs, dim, how))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.lists(st.integers(1, 8), min_size=2, max_size=12),
+       st.sampled_from([8, 32]), st.sampled_from(["pooled", "multi"]), st.integers(0, 10_000), st.integers(1, 3))
+def test_two_stage_with_every_page_a_candidate_is_exhaustive_maxsim(q_lens, d_lens, dim, how, seed, k) -> None:
+    q, docs = pad_vectors(vectors(q_lens, dim, seed)), vectors(d_lens, dim, seed + 1)
+    index = BinaryIndex(docs)
+    scores, ids = index.search(q, k, first=how, rescore_ratio=len(docs))
+    ref_scores, _ = exhaustive_search(q, DocIndex(docs), k)
+    assert torch.allclose(scores, ref_scores, atol=1e-5)
+    full = maxsim(q, docs)
+    assert torch.allclose(full.gather(1, ids), scores, atol=1e-5)  # each returned score is its page's MaxSim
+
+
+def test_second_stage_reranks_only_the_first_stage_candidates() -> None:
+    q, docs = pad_vectors(vectors([3, 2], 32, 0)), vectors([4] * 50, 32, 1)
+    stats = SearchStats()
+    scores, ids = BinaryIndex(docs).search(q, 5, rescore_ratio=2, stats=stats)
+    assert stats.candidates == 2 * 10 and stats.pages == 50
+    assert ids.shape == (2, 5) and bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_padded_query_rows_and_empty_pages() -> None:
+    q = vectors([2], 16, 0)
+    padded = pad_vectors([q[0], torch.zeros(5, 16)])[:1]  # query 0 padded to 5 rows
+    docs = [*vectors([3, 2], 16, 1), torch.zeros(0, 16)]
+    index = BinaryIndex(docs)
+    for how in ("pooled", "multi"):
+        first = index.first_stage(padded, how)
+        assert np.array_equal(first[0, :2].numpy(), direct_first_stage(q, docs[:2], 16, how)[0])
+        assert first[0, 2] == float("-inf")  # an empty page is never a candidate
+    _, ids = index.search(padded, 3, rescore_ratio=1)
+    assert sorted(ids[0, :2].tolist()) == [0, 1] and ids[0, 2] == -1
