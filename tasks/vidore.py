@@ -83,6 +83,11 @@ def point_at_local_copy(task: AbsTask, local_dir: str | Path) -> AbsTask:
                                 f"(mirror {task.metadata.dataset['path']} there: harness vidore download)")
     task.metadata = task.metadata.model_copy(deep=True)
     task.metadata.dataset["path"] = str(folder)
+    pinned, found = task.metadata.dataset["revision"], mirror_revision(folder)
+    if found and found != pinned:  # results record the data actually read
+        log.warning("%s: the mirror %s holds revision %s, mteb pins %s (harness vidore download fetches the pin)",
+                    task.metadata.name, folder, found, pinned)
+        task.metadata.dataset["revision"] = found
     load = task.load_data
 
     def load_data(*args: Any, **kwargs: Any) -> None:
@@ -91,6 +96,16 @@ def point_at_local_copy(task: AbsTask, local_dir: str | Path) -> AbsTask:
 
     task.load_data = load_data  # type: ignore[method-assign]
     return task
+
+
+def mirror_revision(folder: Path) -> str | None:
+    """The commit ``snapshot_download`` recorded for the mirror's README.md; None for a mirror made otherwise."""
+    try:
+        from huggingface_hub._local_folder import read_download_metadata
+    except ImportError:  # a private module of huggingface_hub: without it, the revision is simply unknown
+        return None
+    meta = read_download_metadata(folder, "README.md")
+    return meta.commit_hash if meta else None
 
 
 @contextmanager

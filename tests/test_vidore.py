@@ -200,3 +200,20 @@ def test_each_mirror_is_read_afresh(tmp_path: Path, pages: tuple[dict, dict, dic
         task.load_data()
         seen.append(len(task.dataset["default"]["test"]["queries"]))
     assert seen == [3, 5, 7]
+
+
+def test_a_mirror_at_another_revision_is_recorded(tmp_path: Path, pages: tuple[dict, dict, dict],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """snapshot_download notes each file's commit; a mirror not at mteb's pin is said so, and recorded as it is."""
+    from huggingface_hub._local_folder import write_download_metadata
+
+    images, queries, qrels = pages
+    folder = write_task_mirror(mteb.get_task("VidoreDocVQARetrieval"), tmp_path, images, {"default": queries}, qrels)
+    pin = mteb.get_task("VidoreDocVQARetrieval").metadata.dataset["revision"]
+    write_download_metadata(folder, "README.md", pin, "etag")
+    [task] = resolve_task({"name": "VidoreDocVQARetrieval", "local_dir": str(tmp_path)})
+    assert task.metadata.dataset["revision"] == pin and not caplog.records
+    write_download_metadata(folder, "README.md", "f" * 40, "etag")
+    [task] = resolve_task({"name": "VidoreDocVQARetrieval", "local_dir": str(tmp_path)})
+    assert task.metadata.dataset["revision"] == "f" * 40
+    assert f"holds revision {'f' * 40}, mteb pins {pin}" in caplog.text
