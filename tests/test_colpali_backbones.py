@@ -330,3 +330,21 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never touch the network
     with pytest.raises(BackboneError, match=r"cannot fetch adapter_config\.json of vidore/colqwen2\.5-v0\.2"):
         build_backbone("colpali", {"model": "vidore/colqwen2.5-v0.2", "revision": "a" * 40})
+
+
+@pytest.mark.parametrize("arch", ["colqwen2_5", "colpali"])
+def test_token_states_are_what_the_checkpoints_head_projects(checkpoints, arch):
+    """The public states a recipe's own heads read: the checkpoint's custom_text_proj of token_states (normalised) is
+    exactly the model's query output; page_states are one vision feature matrix per page, of the projector's width."""
+    backbone = ColpaliBackbone(ColpaliConfig(model=str(checkpoints[arch])))
+    inputs = backbone.query_inputs(QUERIES)
+    with torch.no_grad():
+        states, mask = backbone.token_states(inputs)
+        expected, expected_mask = backbone.forward_queries(inputs)
+        projected = torch.nn.functional.normalize(backbone.model.custom_text_proj(states), dim=-1)
+    assert states.shape[-1] == backbone.state_dim and torch.equal(mask, expected_mask)
+    torch.testing.assert_close(projected[mask], expected[mask])
+    pages = backbone.page_states(PAGES)
+    assert len(pages) == len(PAGES) and all(p.dim() == 2 and len(p) > 0 for p in pages)
+    with pytest.raises(ValueError, match="custom_text_proj"):
+        _ = ColpaliBackbone(ColpaliConfig(model=str(checkpoints["biqwen2_5"]))).state_dim
