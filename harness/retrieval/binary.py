@@ -94,6 +94,23 @@ class BinaryIndex:
         hamming = (real.sum(1, keepdim=True) * self.dim + dots) / 2  # sum_t (dim - hamming_t)
         return hamming.masked_fill(~self.has_tokens[None], float("-inf"))
 
+    def rerank(self, query: torch.Tensor, ids: list[int], buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Float MaxSim of one zero-padded query [Tq, D] against pages ``ids``, in a few large operations (many small
+        ones cost more than their arithmetic: each wakes the thread pool). ``buffer``: reused storage for the
+        candidates' tokens (fresh multi-MB tensors per query cost page faults)."""
+        if not ids:
+            return torch.empty(0)
+        q = query[query.abs().sum(-1) != 0]
+        lengths = torch.tensor([len(self.floats[j]) for j in ids])
+        total = int(lengths.sum())
+        out = buffer[:total] if buffer is not None and len(buffer) >= total else None
+        tokens = torch.cat([self.floats[j] for j in ids], out=out) if out is not None else \
+            torch.cat([self.floats[j] for j in ids])
+        page_of = torch.repeat_interleave(torch.arange(len(ids)), lengths).expand(len(q), -1)
+        best = torch.full((len(q), len(ids)), float("-inf"))
+        best.scatter_reduce_(1, page_of, q @ tokens.T, "amax")
+        return best.sum(0)
+
     def search(self, queries: torch.Tensor, top_k: int, *, first: FirstStage = "pooled", rescore_ratio: int = 10,
                stats: SearchStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``top_k`` pages per query: (scores [Q, k], page indices [Q, k]), best first. Scores of reranked pages
@@ -105,10 +122,11 @@ class BinaryIndex:
         cand = first_scores.topk(keep, dim=1).indices  # [Q, keep]
         out_scores = torch.empty(len(queries), k)
         out_ids = torch.empty(len(queries), k, dtype=torch.long)
+        longest = sorted((len(x) for x in self.floats), reverse=True)[:keep]
+        buffer = torch.empty(sum(longest), self.dim)
         for i, q in enumerate(queries):
             ids = [int(j) for j in cand[i] if self.has_tokens[j]]
-            qi = q[q.abs().sum(-1) != 0]
-            scores = torch.stack([(qi @ self.floats[j].T).amax(1).sum() for j in ids]) if ids else torch.empty(0)
+            scores = self.rerank(q, ids, buffer)
             order = torch.argsort(scores, descending=True, stable=True)[:k]
             n = len(order)
             out_scores[i, :n], out_ids[i, :n] = scores[order], torch.tensor(ids, dtype=torch.long)[order]

@@ -108,6 +108,8 @@ def maxsim(queries: torch.Tensor, docs: torch.Tensor | Sequence[torch.Tensor] | 
     scores = torch.empty(q, docs.size)
     if len(docs.empty):
         scores[:, docs.empty] = -(queries.abs().sum(-1) != 0).sum(1, keepdim=True).float()
+    # one tile buffer for the whole call: a fresh multi-MB product per tile costs page faults (slow on VMs)
+    buffer = torch.empty(0, dtype=docs.dtype)
     for ids, tokens in docs.blocks:
         n = len(ids)
         width = tokens.shape[0] // n
@@ -115,7 +117,10 @@ def maxsim(queries: torch.Tensor, docs: torch.Tensor | Sequence[torch.Tensor] | 
         per = max(1, budget // (tokens.shape[0] * tq))
         for s in range(0, q, per):
             rows = flat[s * tq : (s + per) * tq]
-            best = (rows @ tokens.T).view(-1, tq, n, width).amax(-1)  # [q', Tq, n]
+            if buffer.numel() < len(rows) * tokens.shape[0]:
+                buffer = torch.empty(len(rows) * tokens.shape[0], dtype=docs.dtype)
+            sim = torch.mm(rows, tokens.T, out=buffer[: len(rows) * tokens.shape[0]].view(len(rows), -1))
+            best = sim.view(-1, tq, n, width).amax(-1)  # [q', Tq, n]
             scores[s : s + per, ids] = best.float().sum(1)
     return scores
 

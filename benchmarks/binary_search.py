@@ -1,0 +1,113 @@
+"""Binary two-stage search against exhaustive float MaxSim, in one process on the same vectors.
+
+    python benchmarks/binary_search.py                            # synthetic: 1k and 10k pages of 700 tokens
+    python benchmarks/binary_search.py --pages 1000 10000 50000 --tokens 300
+    python benchmarks/binary_search.py --pages --real ../shared/data/mmlongbench_dev   # real multi-vector embeddings
+
+For each corpus and first stage (pooled vote, binary MaxSim): seconds of exhaustive float MaxSim (its index prebuilt,
+as a served index would be) and of the two-stage search, their ratio, the mean overlap of the two top-10 lists,
+nDCG@5 of both (each synthetic query has one relevant page; real: the folder's qrels) and index bytes per page
+(float32 vectors vs the first stage's bits).
+
+Synthetic embeddings are shaped like ColQwen2.5's: L2-normalised 128-d token vectors with a corpus-wide component
+(positive mean cosine), a per-page topic and token noise; a query's tokens are noisy copies of tokens of its page.
+Real: the OCR-text backbone in multi mode (MiniLM token vectors of the page's Tesseract text), the folder's
+questions; set HARNESS_CACHE to a cache that already holds the OCR to skip Tesseract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pytrec_eval
+import torch
+import torch.nn.functional as F
+
+from harness.retrieval.binary import BinaryIndex, SearchStats
+from harness.retrieval.maxsim import DocIndex, maxsim, pad_vectors
+
+
+def synthetic(pages: int, tokens: int, queries: int, query_tokens: int, dim: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(dim, generator=g)
+    docs = []
+    for _ in range(pages):
+        topic = torch.randn(dim, generator=g)
+        docs.append(F.normalize(0.6 * shared + 0.8 * topic + torch.randn(tokens, dim, generator=g), dim=-1))
+    targets = torch.randint(0, pages, (queries,), generator=g)
+    qs = []
+    for t in targets:
+        picks = docs[int(t)][torch.randint(0, tokens, (query_tokens,), generator=g)]
+        qs.append(F.normalize(picks + 1.2 * torch.randn(query_tokens, dim, generator=g) / dim**0.5 * 4, dim=-1))
+    qrels = {f"q{i}": {f"d{int(t)}": 1} for i, t in enumerate(targets)}
+    return pad_vectors(qs), docs, qrels
+
+
+def real(folder: str):
+    from harness.backbones import build_backbone
+    from harness.pipeline import training_corpus
+    from tasks.beir_folder import BeirFolderTask
+
+    task = BeirFolderTask(folder)
+    pages = training_corpus(task).pages
+    backbone = build_backbone("ocr-text", {"mode": "multi"})
+    docs = backbone.encode_pages(pages)
+    qids = sorted(task.data.queries)
+    q = pad_vectors(backbone.encode_queries([task.data.queries[i] for i in qids]))
+    ids = {p.id: n for n, p in enumerate(pages)}
+    qrels = {f"q{n}": {f"d{ids[d]}": int(s) for d, s in task.data.qrels[i].items() if d in ids}
+             for n, i in enumerate(qids)}
+    return q, docs, qrels
+
+
+def ndcg5(scores: torch.Tensor, ids: torch.Tensor, qrels: dict[str, dict[str, int]]) -> float:
+    run = {f"q{i}": {f"d{int(j)}": float(s) for s, j in zip(scores[i], ids[i], strict=True) if j >= 0}
+           for i in range(len(ids))}
+    per = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.5"}).evaluate(run)
+    return sum(v["ndcg_cut_5"] for v in per.values()) / len(per)
+
+
+def compare(name: str, q: torch.Tensor, docs: list[torch.Tensor], qrels: dict, top_k: int, ratio: int) -> None:
+    index = DocIndex(docs)
+    start = time.perf_counter()
+    ex_scores, ex_ids = maxsim(q, index).topk(top_k, dim=1)
+    t_ex = time.perf_counter() - start
+    binary = BinaryIndex(docs)
+    tokens = sum(len(d) for d in docs)
+    print(f"\n{name}: {len(docs):,} pages, {tokens / len(docs):.0f} tokens/page, {len(q)} queries, dim {q.shape[-1]}; "
+          f"bytes/page: float32 {binary.float_nbytes / len(docs):,.0f}, bits {binary.binary_nbytes / len(docs):,.0f}")
+    print(f"  exhaustive float MaxSim: {t_ex:.2f} s, nDCG@5 {ndcg5(ex_scores, ex_ids, qrels):.4f}")
+    for first in ("pooled", "multi"):
+        stats = SearchStats()
+        start = time.perf_counter()
+        scores, ids = binary.search(q, top_k, first=first, rescore_ratio=ratio, stats=stats)
+        t = time.perf_counter() - start
+        overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(ids, ex_ids, strict=True))
+        print(f"  two-stage ({first:>6} first stage, {ratio}x{top_k} candidates): {t:.2f} s ({t_ex / t:.1f}x), "
+              f"top-{top_k} overlap {overlap / ids.numel():.3f}, nDCG@5 {ndcg5(scores, ids, qrels):.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pages", type=int, nargs="*", default=[1000, 10000])
+    ap.add_argument("--tokens", type=int, default=700)
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--query-tokens", type=int, default=20)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--rescore-ratio", type=int, default=10)
+    ap.add_argument("--real", help="a BEIR folder of page images (e.g. ../shared/data/mmlongbench_dev)")
+    args = ap.parse_args()
+    print(f"{torch.get_num_threads()} threads")
+    for n in args.pages:
+        q, docs, qrels = synthetic(n, args.tokens, args.queries, args.query_tokens, args.dim)
+        compare(f"synthetic {n}", q, docs, qrels, args.top_k, args.rescore_ratio)
+        del q, docs
+    if args.real:
+        q, docs, qrels = real(args.real)
+        compare(f"real {args.real}", q, docs, qrels, args.top_k, args.rescore_ratio)
+
+
+if __name__ == "__main__":
+    main()
