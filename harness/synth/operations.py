@@ -1,37 +1,33 @@
 """The synthetic-data operations recipes ask for: pseudo-queries, judges, Syntriever synthesis and self-verification.
 
 Each operation turns its inputs into model calls ("jobs"), serves the calls already in the store, runs the rest
-(``backend.parallelism`` at a time) and appends each record as it completes. A failure stops new calls, keeps every
-finished record and raises ``OperationError`` (re-running resumes). Unparseable and empty answers are recorded with
-their status and counted, never guessed.
+(``backend.parallelism`` at a time) and appends each record as it completes (harness/synth/jobs.py). A failure
+stops new calls, keeps every finished record and raises ``OperationError`` (re-running resumes). Unparseable and
+empty answers are recorded with their status and counted, never guessed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-import zlib
-from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backbones.base import Page
-from harness.progress import progress_enabled
 from harness.synth import parsing, prompts
 from harness.synth.backends import Backend, GenParams, Prompt
+from harness.synth.jobs import Job, OperationError, Report, derive_seed, gen_result, run_jobs
 from harness.synth.pages import Checked as _Checked
 from harness.synth.pages import judge_readable as _judge_readable
 from harness.synth.pages import readable
-from harness.synth.store import SynthStore, record_key
+from harness.synth.store import SynthStore
 
 log = logging.getLogger(__name__)
+__all__ = ["JudgeItem", "OperationError", "PairItem", "Report", "SyntrieverSample", "derive_seed", "judge_graded",
+           "judge_pairwise", "judge_query_likelihood", "judge_yesno", "pseudo_queries", "run_jobs", "self_verify",
+           "syntriever_synthesis"]
 
-
-class OperationError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -49,28 +45,6 @@ class PairItem:
     b: Page
 
 
-@dataclass
-class Job:
-    key_parts: dict[str, Any]  # what determines the output (hashed into the record key)
-    call: Callable[[], dict[str, Any]]  # runs the model; returns raw / parsed / status / meta
-    key: str = ""
-
-
-@dataclass
-class Report:
-    op: str
-    calls: int = 0
-    new: int = 0
-    reused: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    notes: dict[str, int] = field(default_factory=dict)  # operation-specific counts (duplicates, dropped...)
-
-    def line(self) -> str:
-        parts = [f"{self.calls} calls ({self.new} new, {self.reused} from the store)"]
-        parts += [f"{s} {n}" for s, n in sorted(self.statuses.items())]
-        parts += [f"{k} {v}" for k, v in self.notes.items()]
-        return f"{self.op}: " + ", ".join(parts)
-
 
 def _variant(backend: Backend, page: Page | None, image_variant: str | None = "vlm", text_variant: str = "text") -> str:
     if not backend.instruct:
@@ -80,106 +54,6 @@ def _variant(backend: Backend, page: Page | None, image_variant: str | None = "v
     return text_variant
 
 
-def run_jobs(op: str, backend: Backend, store: SynthStore, jobs: Sequence[Job], *,
-             progress: bool = True) -> tuple[list[dict[str, Any]], Report]:
-    """Serve stored records, run the others, append each as it completes; return the records in job order."""
-    ident = backend.describe()
-    report = Report(op, calls=len(jobs))
-    out: list[dict[str, Any] | None] = [None] * len(jobs)
-    todo = []
-    for i, job in enumerate(jobs):
-        job.key = record_key(op=op, backend=ident, **job.key_parts)
-        found = store.get(job.key)
-        if found is not None:
-            out[i] = found
-            report.reused += 1
-        else:
-            todo.append(i)
-
-    def execute(i: int) -> dict[str, Any]:
-        job = jobs[i]
-        start = time.perf_counter()
-        result = job.call()
-        record = {"key": job.key, "op": op, "backend": ident["kind"], "model": ident["model"], **job.key_parts,
-                  **result, "elapsed_s": round(time.perf_counter() - start, 4)}
-        return store.append(record)
-
-    bar = _progress(progress, op, len(todo))
-    errors: list[BaseException] = []
-    try:
-        if backend.parallelism <= 1:
-            for i in todo:
-                try:
-                    out[i] = execute(i)
-                except Exception as exc:  # noqa: BLE001  (reported below with what was kept)
-                    errors.append(exc)
-                    break
-                bar.advance()
-        else:
-            with ThreadPoolExecutor(backend.parallelism) as pool:
-                futures = {pool.submit(execute, i): i for i in todo}
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in done:
-                        if fut.exception() is not None:
-                            errors.append(fut.exception())  # type: ignore[arg-type]
-                        else:
-                            out[futures[fut]] = fut.result()
-                            bar.advance()
-                    if errors:  # stop new calls; the ones in flight finish and are written
-                        for fut in pending:
-                            fut.cancel()
-                        for fut in pending:
-                            if not fut.cancelled() and fut.exception() is None:
-                                out[futures[fut]] = fut.result()
-                        break
-    finally:
-        bar.close()
-    report.new = sum(1 for i in todo if out[i] is not None)
-    if errors:
-        raise OperationError(f"{op}: {report.new} new record(s) written to {store.path}, then a call failed "
-                             f"({type(errors[0]).__name__}: {errors[0]}); run again to resume") from errors[0]
-    records = [r for r in out if r is not None]
-    report.statuses = Counter(r.get("status", "ok") for r in records)
-    log.info(report.line())
-    return records, report
-
-
-class _progress:
-    """A rich progress bar (or nothing): one line per operation."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self._p = None
-        if enabled and total and progress_enabled():  # `--quiet` (harness.progress) silences every caller
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self._p = Progress(console=Console(stderr=True), transient=False)  # stdout stays for results
-            self._task = self._p.add_task(label, total=total)
-            self._p.start()
-
-    def advance(self) -> None:
-        if self._p is not None:
-            self._p.advance(self._task)
-
-    def close(self) -> None:
-        if self._p is not None:
-            self._p.stop()
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A per-call seed from the run's seed and the call's identity: stable across resumes and orderings."""
-    return zlib.crc32(repr((seed, *parts)).encode()) & 0x7FFFFFFF
-
-
-def _gen_result(backend: Backend, prompt: Prompt, params: GenParams, seed: int,
-                parse: Callable[[str], Any]) -> dict[str, Any]:
-    gen = backend.generate([prompt], params, seeds=[seed])[0]
-    parsed = parse(gen.text)
-    status = "empty" if not gen.text.strip() else ("ok" if parsed is not None else "unparseable")
-    return {"raw": gen.text, "parsed": parsed, "status": status, "finish_reason": gen.finish_reason,
-            "n_prompt_tokens": gen.n_prompt_tokens, "n_tokens": gen.n_tokens, **gen.meta}
 
 
 # --- SynTR pseudo-queries ---------------------------------------------------------------------------------------
@@ -211,7 +85,7 @@ def pseudo_queries(backend: Backend, store: SynthStore, pages: Sequence[Page], *
                 prompt = Prompt.of(template, [page])
                 jobs.append(Job({"prompt_id": template.id, "inputs": {"page": page.id}, "params": p.model_dump(),
                                  "seed": s, "sample": sample},
-                                lambda prompt=prompt, p=p, s=s: _gen_result(backend, prompt, p, s,
+                                lambda prompt=prompt, p=p, s=s: gen_result(backend, prompt, p, s,
                                                                             parsing.clean_query)))
         records, report = run_jobs("queries", backend, store, jobs, progress=progress)
         _merge(total, report)
@@ -263,7 +137,7 @@ def judge_graded(backend: Backend, store: SynthStore, items: Sequence[JudgeItem]
         prompt = Prompt.of(template, [it.page], query=it.query)
         jobs.append(Job({"prompt_id": template.id, "inputs": {"query": it.query_id, "page": it.page.id},
                          "params": p.model_dump(), "seed": 0, "sample": 0},
-                        lambda prompt=prompt: _gen_result(backend, prompt, p, 0, parsing.parse_grade)))
+                        lambda prompt=prompt: gen_result(backend, prompt, p, 0, parsing.parse_grade)))
     records, report = run_jobs("judge_graded", backend, store, jobs, progress=progress)
     return [r.get("parsed") for r in records], report
 
@@ -420,7 +294,7 @@ def syntriever_synthesis(backend: Backend, store: SynthStore, queries: dict[str,
             prompt = Prompt.of(template, query=text)
             jobs.append(Job({"prompt_id": template.id, "inputs": {"query": qid, "what": what},
                              "params": p.model_dump(), "seed": s, "sample": 0},
-                            lambda prompt=prompt, s=s: _gen_result(backend, prompt, p, s, parse)))
+                            lambda prompt=prompt, s=s: gen_result(backend, prompt, p, s, parse)))
     records, report = run_jobs("syntriever", backend, store, jobs, progress=progress)
     by = {(r["inputs"]["query"], r["inputs"]["what"]): r.get("parsed") for r in records}
     samples = [SyntrieverSample(qid, text, cot=by[(qid, "cot")]) for qid, text in queries.items()]
