@@ -86,3 +86,32 @@ def test_cache_ignores_damaged_entries(tmp_path: Path) -> None:
     assert torch.equal(cache.get("ab12"), torch.ones(2, 3))
     (tmp_path / "fp" / "ab" / "ab12.pt").write_bytes(b"garbage")
     assert cache.get("ab12") is None and cache.misses == 1
+
+
+def test_encode_drops_each_batch_of_page_images_before_the_next(backbone) -> None:
+    """A corpus of thousands of page images must not sit in memory: by the time mteb's loader yields a batch, the
+    images of the batches before it are no longer referenced (the encoder keeps vectors only)."""
+    import gc
+    import weakref
+
+    from mteb.types import PromptType
+    from PIL import Image
+
+    encoder = load_model(backbone, cache=None)
+    alive: list[weakref.ref] = []
+
+    def batches():
+        for b in range(4):
+            gc.collect()
+            assert sum(r() is not None for r in alive) <= 2, f"batch {b}: earlier page images still held"
+            images = [Image.new("RGB", (64, 32), "white") for _ in range(2)]
+            alive.extend(weakref.ref(im) for im in images)
+            yield {"id": [f"p{b}-{i}" for i in range(2)], "image": images, "text": [f"page {b} {i}" for i in range(2)]}
+            del images
+
+    class Meta:
+        name = "Task"
+
+    out = encoder.encode(batches(), task_metadata=Meta, hf_split="test", hf_subset="default",
+                         prompt_type=PromptType.document)
+    assert out.shape[0] == 8 and encoder.stats.encoded["document"] == 8

@@ -62,16 +62,26 @@ class HarnessEncoder(AbsEncoder):
 
     def encode(self, inputs: Iterable[dict[str, Any]], *, task_metadata: Any, hf_split: str,
                hf_subset: str, prompt_type: PromptType | None = None, **kwargs: Any) -> torch.Tensor:
+        """Batch by batch as mteb's loader yields them: a batch's page images are decoded, looked up in the cache,
+        encoded where missing and dropped before the next batch, so only vectors accumulate (a corpus of thousands
+        of page images never sits in memory)."""
         role = "query" if prompt_type == PromptType.query else "document"
-        items: list[Page] = []
+        vectors: list[torch.Tensor] = []
         for batch in inputs:
             n = len(batch.get("id") or batch.get("text") or batch.get("image"))
             texts = batch.get("text") or [None] * n
             images = batch.get("image") or [None] * n
-            ids = batch.get("id") or [str(len(items) + i) for i in range(n)]
-            items.extend(Page(id=str(i), image=im, text=t) for i, t, im in zip(ids, texts, images, strict=True))
-        if role == "query" and any(p.text is None for p in items):
-            raise ValueError(f"{task_metadata.name}: queries without text are not supported")
+            ids = batch.get("id") or [str(len(vectors) + i) for i in range(n)]
+            items = [Page(id=str(i), image=im, text=t) for i, t, im in zip(ids, texts, images, strict=True)]
+            if role == "query" and any(p.text is None for p in items):
+                raise ValueError(f"{task_metadata.name}: queries without text are not supported")
+            vectors += self._encode_batch(role, items)
+        if role == "document":
+            self.stats.doc_vectors += sum(v.shape[0] for v in vectors)
+            self.stats.doc_bytes += sum(v.shape[0] * v.shape[1] * 4 for v in vectors)
+        return pad_vectors(vectors)
+
+    def _encode_batch(self, role: str, items: list[Page]) -> list[torch.Tensor]:
         keys = [content_key(role, text=p.text, image=p.image) for p in items]
         out: list[torch.Tensor | None] = [self.cache.get(k) if self.cache else None for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
@@ -88,11 +98,7 @@ class HarnessEncoder(AbsEncoder):
                 out[i] = vec
                 if self.cache:
                     self.cache.put(keys[i], vec)
-        vectors = [v for v in out if v is not None]
-        if role == "document":
-            self.stats.doc_vectors += sum(v.shape[0] for v in vectors)
-            self.stats.doc_bytes += sum(v.shape[0] * v.shape[1] * 4 for v in vectors)
-        return pad_vectors(vectors)
+        return [v for v in out if v is not None]
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         return maxsim(embeddings1, embeddings2)
