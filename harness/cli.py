@@ -26,7 +26,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     variant = VariantSpec(name=args.variant, config=parse_sets(args.variant_set, "--variant-set"),
                           train_corpus=task_spec(args.train_corpus) if args.train_corpus else None)
     config = RunConfig(name="eval", results=args.results, seed=args.seed, overwrite=args.overwrite,
-                       backbones=[backbone], variants=[variant], tasks=[task_spec(t) for t in args.task])
+                       backbones=[backbone], variants=[variant], tasks=[task_spec(t) for t in args.task],
+                       searches=args.search or ["exhaustive"])
     outcomes = run(config, show_progress=not args.quiet)
     for o in outcomes:
         print(f"{o.task}\t{o.main_score_name}\t{o.main_score:.4f}\t{'reused' if o.reused else 'evaluated'}"
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-corpus", help="task whose pages the recipe trains on (default: each task's own)")
     p.add_argument("--task", action="append", required=True,
                    help="task name, benchmark, BEIR folder or inline YAML; repeatable")
+    p.add_argument("--search", action="append", metavar="STRATEGY",
+                   help="exhaustive (default), binary-pooled[:R][@K] or binary-multi[:R][@K] (two-stage: sign-bit "
+                        "first stage, K x R candidates reranked by float MaxSim, K returned; defaults R 10, K 100); "
+                        "repeatable, one result per strategy")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="run a backbone x variant x task matrix from a YAML config, then the leaderboard")

@@ -40,6 +40,18 @@ class RunConfig(Strict):
     backbones: list[BackboneSpec] = Field(min_length=1)
     variants: list[VariantSpec] = Field(default_factory=lambda: [VariantSpec(name="base")])
     tasks: list[str | dict[str, Any]] = Field(min_length=1)
+    # How vector models search each corpus (harness.evaluate.search): every model is evaluated once per entry
+    # (encodings are cached, so extra strategies cost search time only); the bm25 row is always exhaustive.
+    searches: list[str] = Field(default_factory=lambda: ["exhaustive"], min_length=1)
+
+    @field_validator("searches")
+    @classmethod
+    def _known_searches(cls, value: list[str]) -> list[str]:
+        from harness.evaluate.search import SearchSpec
+
+        for text in value:
+            SearchSpec.parse(text)  # a SearchSpecError (ValueError) names the bad entry and the grammar
+        return value
 
     @model_validator(mode="after")
     def _backbone_indices(self) -> RunConfig:

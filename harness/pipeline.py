@@ -21,6 +21,7 @@ from harness.evaluate.bm25 import Bm25Search
 from harness.evaluate.encoder import HarnessEncoder
 from harness.evaluate.records import atomic_write_json, task_identity
 from harness.evaluate.runner import TaskOutcome, evaluate_model
+from harness.evaluate.search import SearchSpec
 from harness.paths import cache_root
 from harness.retrieval.cache import EmbeddingCache
 from harness.variants import TrainingCorpus, Variant, get_variant
@@ -181,6 +182,14 @@ def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpe
     return encoder
 
 
+def searches_for(model: HarnessEncoder | Bm25Search, searches: list[str]) -> list[SearchSpec]:
+    """The run's search strategies that apply to ``model``: all of them for vector models, exhaustive for bm25."""
+    specs = [SearchSpec.parse(s) for s in dict.fromkeys(searches)]
+    if isinstance(model, Bm25Search):
+        return [SearchSpec()]
+    return specs
+
+
 def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None = None,
         show_progress: bool = False) -> list[TaskOutcome]:
     set_seed(config.seed)
@@ -209,12 +218,14 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
                 encoder = build_model(variant, bspec, vspec, train_task, where=f"variants.{vi}",
                                       backbone_where=f"backbones.{bi}",
                                       checkpoints=results_dir.parent / "checkpoints", with_queries=with_queries)
-                outcomes += evaluate_model(
-                    # a variant may name its rows itself (syntriever: one row per number of stages trained)
-                    encoder, eval_tasks, results_dir, variant=getattr(encoder, "variant_label", None) or variant.name,
-                    backbone={"family": encoder.model.family, "tag": encoder.model.describe(),
-                              "config": encoder.model.config.model_dump(mode="json"), "index": bi},
-                    run_config={"run": config.name, "variant_config": vspec.config,
-                                "train_corpus": task_identity(train_task) if train_task and trains else None},
-                    seed=config.seed, overwrite=overwrite, show_progress=show_progress)
+                for search in searches_for(encoder, config.searches):
+                    outcomes += evaluate_model(
+                        # a variant may name its rows itself (syntriever: one row per number of stages trained)
+                        encoder, eval_tasks, results_dir,
+                        variant=getattr(encoder, "variant_label", None) or variant.name,
+                        backbone={"family": encoder.model.family, "tag": encoder.model.describe(),
+                                  "config": encoder.model.config.model_dump(mode="json"), "index": bi},
+                        run_config={"run": config.name, "variant_config": vspec.config,
+                                    "train_corpus": task_identity(train_task) if train_task and trains else None},
+                        seed=config.seed, overwrite=overwrite, show_progress=show_progress, search=search)
     return outcomes

@@ -48,3 +48,17 @@ def test_padding_never_beats_negative_real_tokens() -> None:
     q = torch.tensor([[[1.0, 0.0]]])
     d = pad_vectors([torch.tensor([[-1.0, 0.0]]), torch.tensor([[-1.0, 0.0], [-0.6, 0.8], [0.0, 1.0]])])
     assert maxsim(q, d).tolist() == [[-1.0, 0.0]]
+
+
+def test_gradients_flow_through_maxsim() -> None:
+    """Losses (ColIntern's) differentiate through the evaluation engine: the same gradients as a direct computation."""
+    g = torch.Generator().manual_seed(0)
+    q = [F.normalize(torch.randn(n, 8, generator=g), dim=-1).requires_grad_() for n in (2, 3)]
+    d = [F.normalize(torch.randn(n, 8, generator=g), dim=-1).requires_grad_() for n in (4, 1, 6)]
+    maxsim(pad_vectors(q), d).sum().backward()
+    got = [x.grad.clone() for x in (*q, *d)]
+    for x in (*q, *d):
+        x.grad = None
+    torch.stack([(qq @ dd.T).amax(1).sum() for qq in q for dd in d]).sum().backward()
+    for a, x in zip(got, (*q, *d), strict=True):
+        assert torch.allclose(a, x.grad, atol=1e-6)

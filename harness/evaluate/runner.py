@@ -31,6 +31,7 @@ from harness.evaluate.records import (
     task_identity,
     versions,
 )
+from harness.evaluate.search import EXHAUSTIVE, SearchSpec, search_model
 
 log = logging.getLogger(__name__)
 RUN_DEPTH = 100  # documents kept per query in the saved ranking
@@ -57,9 +58,14 @@ class TaskOutcome:
 
 def evaluate_model(encoder: HarnessEncoder, tasks: list[AbsTask], results_dir: str | Path, *,
                    variant: str, backbone: dict[str, Any], run_config: dict[str, Any] | None = None,
-                   seed: int = 0, overwrite: bool = False, show_progress: bool = False) -> list[TaskOutcome]:
+                   seed: int = 0, overwrite: bool = False, show_progress: bool = False,
+                   search: SearchSpec | None = None) -> list[TaskOutcome]:
+    """Evaluate ``encoder`` on each task (reusing finished results of the same model, search and task identity).
+    ``search``: how the corpus is searched (default exhaustive); a non-default strategy is part of the result's
+    revision (``<model revision>-<strategy>``), so its results never mix with exhaustive ones."""
     results_dir = Path(results_dir)
-    meta = encoder.mteb_model_meta
+    search = search or SearchSpec()
+    meta = searched_meta(encoder.mteb_model_meta, search)
     outcomes = []
     for task in tasks:
         name = task.metadata.name
@@ -69,8 +75,14 @@ def evaluate_model(encoder: HarnessEncoder, tasks: list[AbsTask], results_dir: s
             outcomes.append(TaskOutcome(name, record["main_score_name"], record["main_score"], True, rec_file))
             continue
         outcomes.append(_run_task(encoder, task, results_dir, variant=variant, backbone=backbone,
-                                  run_config=run_config or {}, seed=seed, show_progress=show_progress))
+                                  run_config=run_config or {}, seed=seed, show_progress=show_progress,
+                                  search=search))
     return outcomes
+
+
+def searched_meta(meta: Any, search: SearchSpec) -> Any:
+    """The model's metadata under a non-default search: its revision names the strategy."""
+    return meta.model_copy(update={"revision": f"{meta.revision}-{search.tag}"}) if search.tag else meta
 
 
 def _reusable(results_dir: Path, model: str, revision: str, task: AbsTask, overwrite: bool) -> dict[str, Any] | None:
@@ -115,14 +127,17 @@ def _ocr_record(encoder: Any, before: OcrStats | None) -> dict[str, Any] | None:
 
 def _run_task(encoder: HarnessEncoder, task: AbsTask, results_dir: Path, *, variant: str,
               backbone: dict[str, Any], run_config: dict[str, Any], seed: int,
-              show_progress: bool) -> TaskOutcome:
-    meta, name = encoder.mteb_model_meta, task.metadata.name
+              show_progress: bool, search: SearchSpec) -> TaskOutcome:
+    meta, name = searched_meta(encoder.mteb_model_meta, search), task.metadata.name
+    model = search_model(encoder, search)
+    if model is not encoder:
+        model.mteb_model_meta = meta
     encoder.stats = EncodeStats()
     ocr_before = encoder.model.ocr_stats()
     started = time.perf_counter()
     task.load_data()  # preloaded data stays loaded after mteb.evaluate: its qrels score the per-query runs
     with tempfile.TemporaryDirectory() as tmp:
-        model_result = mteb.evaluate(encoder, task, cache=None, prediction_folder=tmp,
+        model_result = mteb.evaluate(model, task, cache=None, prediction_folder=tmp,
                                      overwrite_strategy="always", show_progress_bar=show_progress)
         if not model_result.task_results:
             raise RuntimeError(f"mteb returned no result for {name}: {model_result.exceptions}")
@@ -152,7 +167,7 @@ def _run_task(encoder: HarnessEncoder, task: AbsTask, results_dir: Path, *, vari
             "model": meta.name, "revision": meta.revision, "variant": variant, "backbone": backbone,
             "task": name, "task_type": task.metadata.type, "category": task.metadata.category,
             "dataset": task.metadata.dataset, "eval_splits": task.metadata.eval_splits,
-            "task_identity": task_identity(task),
+            "task_identity": task_identity(task), "search": search.tag or EXHAUSTIVE,
             "main_score_name": main_name, "main_score": float(task_result.get_score()),
             "seed": seed, "config": run_config, "versions": versions(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

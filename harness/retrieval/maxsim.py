@@ -117,9 +117,12 @@ def maxsim(queries: torch.Tensor, docs: torch.Tensor | Sequence[torch.Tensor] | 
         per = max(1, budget // (tokens.shape[0] * tq))
         for s in range(0, q, per):
             rows = flat[s * tq : (s + per) * tq]
-            if buffer.numel() < len(rows) * tokens.shape[0]:
-                buffer = torch.empty(len(rows) * tokens.shape[0], dtype=docs.dtype)
-            sim = torch.mm(rows, tokens.T, out=buffer[: len(rows) * tokens.shape[0]].view(len(rows), -1))
+            if torch.is_grad_enabled() and (rows.requires_grad or tokens.requires_grad):
+                sim = rows @ tokens.T  # a loss differentiates through it (out= buffers do not support autograd)
+            else:
+                if buffer.numel() < len(rows) * tokens.shape[0]:
+                    buffer = torch.empty(len(rows) * tokens.shape[0], dtype=docs.dtype)
+                sim = torch.mm(rows, tokens.T, out=buffer[: len(rows) * tokens.shape[0]].view(len(rows), -1))
             best = sim.view(-1, tq, n, width).amax(-1)  # [q', Tq, n]
             scores[s : s + per, ids] = best.float().sum(1)
     return scores
