@@ -91,3 +91,12 @@ def test_cli_search_flag_writes_one_result_per_strategy(text_folder: Path, tmp_p
                      "--search", "exhaustive", "--search", "binary-pooled:2@5", "--quiet"]) == 0
     lines = [x.split("\t") for x in capsys.readouterr().out.strip().splitlines()]
     assert len(lines) == 2 and lines[0][4] != lines[1][4] and "binary-pooled-x2-k5" in lines[1][4]
+
+
+def test_leaderboard_rows_show_the_search(text_folder: Path, tmp_path: Path) -> None:
+    from harness.report.results import collect
+
+    assert cli_main(["eval", "--backbone", "ocr-text", "--task", str(text_folder), "--results", str(tmp_path),
+                     "--search", "exhaustive", "--search", "binary-multi:2@5", "--quiet"]) == 0
+    rows = sorted(e.row for e in collect(tmp_path))
+    assert len(set(rows)) == 2 and any("[search=binary-multi-x2-k5]" in b for b, _ in rows)

@@ -114,6 +114,8 @@ def read_entry(result_file: Path, results_dir: Path) -> Entry | None:
     model = record.get("model") or model_dir.replace("__", "/")
     variant = record.get("variant") or (model.split("/", 1)[0] if "/" in model else "-")
     backbone = _row_backbone(record.get("backbone") or {}, model)
+    if record.get("search") not in (None, "exhaustive"):  # a two-stage search is a row of its own
+        backbone = f"{backbone} [search={record['search']}]"
     phases = [dict(p) for p in result.evaluation_phases or []]
     date = record.get("date") or (result.date.isoformat(timespec="seconds") if result.date else "")
     return Entry(backbone, variant, model, revision_dir.name, result.task_name,
