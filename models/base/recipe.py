@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict
 from harness.backbones import Backbone
 from harness.variants import TrainingCorpus
 
+TRAINS = False  # evaluated as it is: the pipeline builds no training corpus (every page image decoded) for it
+
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
