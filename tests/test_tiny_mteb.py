@@ -16,7 +16,7 @@ from tasks.beir_folder import BeirFolderTask
 
 # The tiny family's architectures, and the colpali-engine ones it does not build yet: those are expected to fail
 # with a clear error (strict: once the family supports one, the xfail turns red and it moves to SUPPORTED).
-SUPPORTED = ["colqwen2_5", "colpali", "biqwen2_5"]
+SUPPORTED = ["colqwen2_5", "colpali", "biqwen2_5", "colqwen3", "biqwen3", "colqwen3_5", "biqwen3_5"]
 NOT_YET = ["colidefics3", "colqwen2"]
 
 

@@ -23,7 +23,7 @@ from harness.backbones.base import BackboneConfig
 from harness.backbones.colpali import ColpaliBackbone, ColpaliConfig
 from harness.paths import cache_root
 
-TINY_ARCHS = ("colqwen2_5", "colpali", "biqwen2_5")
+TINY_ARCHS = ("colqwen2_5", "colpali", "biqwen2_5", "colqwen3", "biqwen3", "colqwen3_5", "biqwen3_5")
 BUILD_VERSION = 1  # bump when the builders change, so cached builds are not reused
 HIDDEN, LAYERS, HEADS = 64, 2, 4
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -31,22 +31,31 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
 
 
 class TinyConfig(BackboneConfig):
-    arch: Literal["colqwen2_5", "colpali", "biqwen2_5"] = "colqwen2_5"
+    arch: Literal["colqwen2_5", "colpali", "biqwen2_5", "colqwen3", "biqwen3", "colqwen3_5",
+                  "biqwen3_5"] = "colqwen2_5"
     seed: int = 0
 
 
-def _qwen2_5(model_class: str) -> tuple[torch.nn.Module, object]:
-    import colpali_engine.models as cm
+def _byte_tokenizer() -> tuple[object, dict[str, int]]:
+    """A Qwen2 tokenizer over the 256 byte symbols (no merges) plus the Qwen-VL special tokens."""
     from tokenizers import AddedToken
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
-    from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
+    from transformers import Qwen2Tokenizer
 
     vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
     vocab.update({tok: len(vocab) + i for i, tok in enumerate(QWEN_SPECIALS)})
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
     # In the vocabulary is not enough: special tokens must be "added tokens" so text never splits them.
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIALS], special_tokens=True)
+    return tokenizer, vocab
+
+
+def _qwen2_5(model_class: str) -> tuple[torch.nn.Module, object]:
+    import colpali_engine.models as cm
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
+
+    tokenizer, vocab = _byte_tokenizer()
     processor = cm.ColQwen2_5_Processor(  # 4 to 16 merged 28-pixel patches per page: a handful of tokens
         image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16),
         tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor())
@@ -62,6 +71,43 @@ def _qwen2_5(model_class: str) -> tuple[torch.nn.Module, object]:
                            fullatt_block_indexes=[1], window_size=56),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    return getattr(cm, model_class)(config), processor
+
+
+def _qwen3(model_class: str) -> tuple[torch.nn.Module, object]:
+    """ColQwen3 / BiQwen3 (Qwen3-VL: 16-pixel patches merged 2x2, deepstack features, interleaved mrope) and
+    ColQwen3_5 / BiQwen3_5 (Qwen3.5: one linear-attention (Gated DeltaNet) and one full-attention layer)."""
+    import colpali_engine.models as cm
+    from transformers import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    tokenizer, vocab = _byte_tokenizer()
+    is_3_5 = model_class.endswith("3_5")
+    processor = getattr(cm, f"{model_class}Processor")(  # 4 to 16 merged 32-pixel patches per page
+        image_processor=Qwen2VLImageProcessor(patch_size=16, merge_size=2, min_pixels=32 * 32 * 4,
+                                              max_pixels=32 * 32 * 16),
+        tokenizer=tokenizer, video_processor=Qwen3VLVideoProcessor())
+    ids = {t: vocab[t] for t in QWEN_SPECIALS}
+    text = dict(vocab_size=len(vocab), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+                num_attention_heads=HEADS, num_key_value_heads=2, head_dim=HIDDEN // HEADS,
+                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
+                                 "rope_theta": 1e4},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    # num_position_embeddings: the vision tower's learned position grid (8 x 8, interpolated to each page)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=HIDDEN, patch_size=16,
+                  spatial_merge_size=2, num_position_embeddings=64)
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if is_3_5:
+        from transformers.models.qwen3_5 import Qwen3_5Config
+
+        text.update(layer_types=["linear_attention", "full_attention"], linear_key_head_dim=16,
+                    linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4)
+        config = Qwen3_5Config(text_config=text, vision_config=vision, **tokens)
+    else:
+        from transformers.models.qwen3_vl import Qwen3VLConfig
+
+        config = Qwen3VLConfig(text_config=text, vision_config={**vision, "deepstack_visual_indexes": [0]}, **tokens)
     return getattr(cm, model_class)(config), processor
 
 
@@ -89,7 +135,8 @@ def _paligemma() -> tuple[torch.nn.Module, object]:
 def build_tiny_checkpoint(arch: str, out_dir: Path, seed: int = 0) -> Path:
     """Write a tiny random ``arch`` model and its processor to ``out_dir``; the same seed gives the same bytes."""
     builders = {"colqwen2_5": lambda: _qwen2_5("ColQwen2_5"), "biqwen2_5": lambda: _qwen2_5("BiQwen2_5"),
-                "colpali": _paligemma}
+                "colpali": _paligemma, "colqwen3": lambda: _qwen3("ColQwen3"), "biqwen3": lambda: _qwen3("BiQwen3"),
+                "colqwen3_5": lambda: _qwen3("ColQwen3_5"), "biqwen3_5": lambda: _qwen3("BiQwen3_5")}
     if arch not in builders:
         raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(TINY_ARCHS)}")
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
