@@ -18,3 +18,25 @@ def progress_enabled() -> bool:
 
 def set_progress(enabled: bool) -> None:
     os.environ[ENV] = "1" if enabled else "0"
+
+
+class ProgressBar:
+    """A rich progress bar (or nothing): one line per operation."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self._p = None
+        if enabled and total and progress_enabled():  # `--quiet` silences every caller
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self._p = Progress(console=Console(stderr=True), transient=False)  # stdout stays for results
+            self._task = self._p.add_task(label, total=total)
+            self._p.start()
+
+    def advance(self) -> None:
+        if self._p is not None:
+            self._p.advance(self._task)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()

@@ -120,7 +120,7 @@ def test_progress_by_default_quiet_on_request(text_folder: Path, tmp_path: Path,
     assert main(["eval", "--task", str(text_folder), "--results", str(tmp_path / "b"), "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert "%|" not in err and "Searching" not in err and out.startswith("TextsetRetrieval\t")
-    from harness.synth.jobs import ProgressBar
+    from harness.progress import ProgressBar
 
     assert ProgressBar(True, "queries", 3)._p is None  # --quiet silences the synth engine's bars too
     # --progress (the old opt-in) is still accepted

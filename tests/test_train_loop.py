@@ -157,6 +157,18 @@ def test_loop_meets_the_step_budget_with_passes_and_records_movement(tmp_path: P
     assert lr[-1] < max(lr) / 2  # cosine decay
 
 
+
+def test_training_shows_a_progress_bar_on_stderr_unless_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = LoopSpec(steps=3, batch_size=4, logging_steps=1)
+    for enabled in ("1", "0"):
+        monkeypatch.setenv("HARNESS_PROGRESS", enabled)
+        run_loop(_Toy(), list(range(8)), _collate, spec, tmp_path / enabled)
+        out, err = capsys.readouterr()
+        assert out == ""  # stdout stays for results
+        assert ("training steps" in err) == (enabled == "1")
+
+
 def test_resume_ends_with_the_same_weights(tmp_path: Path) -> None:
     spec = LoopSpec(steps=8, batch_size=4, lr=0.05, eval_every=4, logging_steps=1, min_val_queries=5)
     whole = _Toy()

@@ -23,12 +23,16 @@ from PIL import Image
 
 from harness.backbones.base import OcrStats, Page
 from harness.paths import cache_root
+from harness.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
 
 class OcrError(RuntimeError):
     pass
+
+
+PROGRESS_MIN_PAGES = 64  # smaller calls (the evaluation's batches) show under the encoding bar instead
 
 
 def image_hash(image: Image.Image) -> str:
@@ -64,10 +68,13 @@ class TesseractOcr:
         todo = [i for i, e in enumerate(entries) if e is None]
         if todo:
             # Threads only feed subprocesses: the OCR work itself runs in separate Tesseract processes.
+            bar = ProgressBar(len(todo) >= PROGRESS_MIN_PAGES, "OCR (Tesseract)", len(todo))
             with ThreadPoolExecutor(self.workers) as pool:
                 for i, entry in zip(todo, pool.map(lambda i: self._run(image(i)), todo), strict=True):
                     self._store(keys[i], *entry)
                     entries[i] = entry
+                    bar.advance()
+            bar.close()
         known = [e[1] for e in entries if e is not None and e[1] is not None]
         s = self.stats
         self.stats = OcrStats(s.pages + len(images), s.pages_ocred + len(todo), s.timed_pages + len(known),

@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.progress import progress_enabled
+from harness.progress import ProgressBar
 from harness.synth.backends import Backend, GenParams, Prompt
 from harness.synth.store import SynthStore, record_key
 
@@ -111,28 +111,6 @@ def run_jobs(op: str, backend: Backend, store: SynthStore, jobs: Sequence[Job], 
     report.statuses = Counter(r.get("status", "ok") for r in records)
     log.info(report.line())
     return records, report
-
-
-class ProgressBar:
-    """A rich progress bar (or nothing): one line per operation."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self._p = None
-        if enabled and total and progress_enabled():  # `--quiet` (harness.progress) silences every caller
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self._p = Progress(console=Console(stderr=True), transient=False)  # stdout stays for results
-            self._task = self._p.add_task(label, total=total)
-            self._p.start()
-
-    def advance(self) -> None:
-        if self._p is not None:
-            self._p.advance(self._task)
-
-    def close(self) -> None:
-        if self._p is not None:
-            self._p.stop()
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

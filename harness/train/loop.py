@@ -37,6 +37,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_utils import get_last_checkpoint
 
 from harness.io import atomic_write_json, atomic_write_lines
+from harness.progress import ProgressBar
 from harness.train.lora import load_trainable, save_trainable
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,13 @@ class _Monitor(TrainerCallback):
         self.loop = loop
         self.t_step: float | None = None
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # a rich bar on stderr (HF's tqdm bar would print its log lines on stdout); `--quiet` turns it off
+        self.bar = ProgressBar(state.is_world_process_zero, "training steps", state.max_steps - state.global_step)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar.close()
+
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.t_step = time.perf_counter()
 
@@ -186,6 +194,7 @@ class _Monitor(TrainerCallback):
             self.loop.train_s += time.perf_counter() - self.t_step
         self.loop.examples_seen += args.per_device_train_batch_size * args.gradient_accumulation_steps \
             * max(args.world_size, 1)
+        self.bar.advance()
         step = state.global_step
         if self.loop.validator is not None and (step % self.loop.eval_every == 0 or step >= state.max_steps):
             if self.loop.evaluate(step, state):
