@@ -88,14 +88,11 @@ class BinaryTwoStageBackend:
                 query_idx_to_id: dict[int, str]) -> tuple[list[list[float]], list[list[int]]]:
         assert self.index is not None
         position = {d: n for n, d in enumerate(self.ids)}
-        values, indices = [], []
-        for i, q in enumerate(queries):
-            ranked = top_ranked[query_idx_to_id[i]]
-            known = [(n, position[d]) for n, d in enumerate(ranked) if d in position]
-            scores = self.index.rerank(q, [j for _, j in known])
-            values.append(scores.tolist())
-            indices.append([n for n, _ in known])  # positions in the query's candidate list, as mteb expects
-        return values, indices
+        known = [[(n, position[d]) for n, d in enumerate(top_ranked[query_idx_to_id[i]]) if d in position]
+                 for i in range(len(queries))]
+        scores = self.index.rerank(queries, [[j for _, j in k] for k in known])
+        # indices: positions in each query's candidate list, as mteb expects
+        return [s.tolist() for s in scores], [[n for n, _ in k] for k in known]
 
     def clear(self) -> None:
         self.index, self.ids = None, []

@@ -94,47 +94,47 @@ class BinaryIndex:
         hamming = (real.sum(1, keepdim=True) * self.dim + dots) / 2  # sum_t (dim - hamming_t)
         return hamming.masked_fill(~self.has_tokens[None], float("-inf"))
 
-    def rerank(self, query: torch.Tensor, ids: list[int], buffer: torch.Tensor | None = None) -> torch.Tensor:
-        """Float MaxSim of one zero-padded query [Tq, D] against pages ``ids``, in a few large operations (many small
-        ones cost more than their arithmetic: each wakes the thread pool). ``buffer``: reused storage for the
-        candidates' tokens (fresh multi-MB tensors per query cost page faults)."""
-        if not ids:
-            return torch.empty(0)
-        q = query[query.abs().sum(-1) != 0]
-        lengths = torch.tensor([len(self.floats[j]) for j in ids])
-        total = int(lengths.sum())
-        out = buffer[:total] if buffer is not None and len(buffer) >= total else None
-        tokens = torch.cat([self.floats[j] for j in ids], out=out) if out is not None else \
-            torch.cat([self.floats[j] for j in ids])
-        page_of = torch.repeat_interleave(torch.arange(len(ids)), lengths).expand(len(q), -1)
-        best = torch.full((len(q), len(ids)), float("-inf"))
-        best.scatter_reduce_(1, page_of, q @ tokens.T, "amax")
-        return best.sum(0)
+    def rerank(self, queries: torch.Tensor, candidates: list[list[int]]) -> list[torch.Tensor]:
+        """Float MaxSim of each zero-padded query [Q, Tq, D] against its own candidate pages -> one score per
+        candidate, in the given order.
+
+        Page by page, not query by query: each candidate page is scored once against all the queries that kept it
+        (one product on the stored vectors, nothing copied), so the work is a few large products when queries share
+        candidates and stays proportional to the (query, page) pairs when they do not. Padded query rows are zero
+        and add 0 to every score."""
+        queries = torch.as_tensor(queries).float()
+        by_page: dict[int, list[tuple[int, int]]] = {}
+        for i, ids in enumerate(candidates):
+            for n, j in enumerate(ids):
+                by_page.setdefault(j, []).append((i, n))
+        out = [torch.empty(len(ids)) for ids in candidates]
+        tq = queries.shape[1]
+        for j, pairs in by_page.items():
+            rows = torch.tensor([i for i, _ in pairs])
+            q = queries[rows].reshape(-1, self.dim)
+            scores = (q @ self.floats[j].T).amax(1).view(len(pairs), tq).sum(1)
+            for (i, n), score in zip(pairs, scores.tolist(), strict=True):
+                out[i][n] = score
+        return out
 
     def search(self, queries: torch.Tensor, top_k: int, *, first: FirstStage = "pooled", rescore_ratio: int = 10,
                stats: SearchStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top ``top_k`` pages per query: (scores [Q, k], page indices [Q, k]), best first. Scores of reranked pages
-        are float MaxSim; with ``rescore_ratio`` * top_k >= N this is exhaustive float MaxSim."""
+        are float MaxSim; with ``rescore_ratio`` * top_k >= N this is exhaustive float MaxSim. A query with fewer
+        than k real candidates is padded with index -1 and score -inf."""
         queries = torch.as_tensor(queries).float()
         k = min(top_k, self.size)
         keep = min(self.size, top_k * rescore_ratio)
-        first_scores = self.first_stage(queries, first)
-        cand = first_scores.topk(keep, dim=1).indices  # [Q, keep]
-        out_scores = torch.empty(len(queries), k)
-        out_ids = torch.empty(len(queries), k, dtype=torch.long)
-        longest = sorted((len(x) for x in self.floats), reverse=True)[:keep]
-        buffer = torch.empty(sum(longest), self.dim)
-        for i, q in enumerate(queries):
-            ids = [int(j) for j in cand[i] if self.has_tokens[j]]
-            scores = self.rerank(q, ids, buffer)
+        cand = self.first_stage(queries, first).topk(keep, dim=1).indices  # [Q, keep]
+        candidates = [[int(j) for j in row if self.has_tokens[j]] for row in cand]
+        out_scores = torch.full((len(queries), k), float("-inf"))
+        out_ids = torch.full((len(queries), k), -1, dtype=torch.long)
+        for i, (ids, scores) in enumerate(zip(candidates, self.rerank(queries, candidates), strict=True)):
             order = torch.argsort(scores, descending=True, stable=True)[:k]
-            n = len(order)
-            out_scores[i, :n], out_ids[i, :n] = scores[order], torch.tensor(ids, dtype=torch.long)[order]
-            if n < k:  # fewer real candidates than k: pad with the lowest score
-                out_scores[i, n:], out_ids[i, n:] = float("-inf"), -1
-            if stats:
-                stats.candidates += len(ids)
+            out_scores[i, : len(order)] = scores[order]
+            out_ids[i, : len(order)] = torch.tensor(ids, dtype=torch.long)[order]
         if stats:
+            stats.candidates += sum(len(c) for c in candidates)
             stats.pages = self.size
         return out_scores, out_ids
 
