@@ -1,18 +1,19 @@
 """Binary two-stage search against exhaustive float MaxSim, in one process on the same vectors.
 
     python benchmarks/binary_search.py                            # synthetic: 1k and 10k pages of 700 tokens
-    python benchmarks/binary_search.py --pages 1000 10000 50000 --tokens 300
-    python benchmarks/binary_search.py --pages --real ../shared/data/mmlongbench_dev   # real multi-vector embeddings
+    python benchmarks/binary_search.py --real ../shared/data/mmlongbench_dev --pages 329 1000 10000
 
 For each corpus and first stage (pooled vote, binary MaxSim): seconds of exhaustive float MaxSim (its index prebuilt,
 as a served index would be) and of the two-stage search, their ratio, the mean overlap of the two top-10 lists,
-nDCG@5 of both (each synthetic query has one relevant page; real: the folder's qrels) and index bytes per page
-(float32 vectors vs the first stage's bits).
+nDCG@5 of both and index bytes per page (float32 vectors vs the first stage's bits).
 
-Synthetic embeddings are shaped like ColQwen2.5's: L2-normalised 128-d token vectors with a corpus-wide component
-(positive mean cosine), a per-page topic and token noise; a query's tokens are noisy copies of tokens of its page.
-Real: the OCR-text backbone in multi mode (MiniLM token vectors of the page's Tesseract text), the folder's
-questions; set HARNESS_CACHE to a cache that already holds the OCR to skip Tesseract.
+Synthetic (no --real): L2-normalised 128-d token vectors with a corpus-wide component, a per-page topic and token
+noise; a query's tokens are noisy copies of tokens of its one relevant page.
+Real (--real FOLDER): the OCR-text backbone in multi mode (MiniLM token vectors of each page's Tesseract text,
+projected to 128 dimensions by a fixed random orthogonal map, as Col* heads project to 128) and the folder's
+questions and qrels. Larger corpora add distractor pages made of real tokens: each takes the token positions of a
+random real page and draws every token from one of three random real pages, so distractors keep the real tokens'
+geometry (anisotropy, length) without being any real page. Set HARNESS_CACHE to a cache that already holds the OCR.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def synthetic(pages: int, tokens: int, queries: int, query_tokens: int, dim: int
     return pad_vectors(qs), docs, qrels
 
 
-def real(folder: str):
+def real(folder: str, dim: int):
     from harness.backbones import build_backbone
     from harness.pipeline import training_corpus
     from tasks.beir_folder import BeirFolderTask
@@ -55,10 +56,28 @@ def real(folder: str):
     docs = backbone.encode_pages(pages)
     qids = sorted(task.data.queries)
     q = pad_vectors(backbone.encode_queries([task.data.queries[i] for i in qids]))
+    g = torch.Generator().manual_seed(0)
+    rotation = torch.linalg.qr(torch.randn(q.shape[-1], q.shape[-1], generator=g))[0][:, :dim]
+    docs = [F.normalize(d @ rotation, dim=-1) for d in docs]
+    q = F.normalize(q @ rotation, dim=-1) * (q.abs().sum(-1, keepdim=True) != 0)  # padded rows stay zero
     ids = {p.id: n for n, p in enumerate(pages)}
     qrels = {f"q{n}": {f"d{ids[d]}": int(s) for d, s in task.data.qrels[i].items() if d in ids}
              for n, i in enumerate(qids)}
     return q, docs, qrels
+
+
+def with_distractors(docs: list[torch.Tensor], total: int, seed: int = 0) -> list[torch.Tensor]:
+    """``docs`` plus distractor pages up to ``total``: each takes a random page's length and draws every token from
+    one of three random pages (real tokens, no real page)."""
+    g = torch.Generator().manual_seed(seed)
+    out = list(docs)
+    while len(out) < total:
+        length = len(docs[int(torch.randint(len(docs), (1,), generator=g))])
+        sources = [docs[int(i)] for i in torch.randint(len(docs), (3,), generator=g)]
+        picks = torch.randint(3, (length,), generator=g)
+        out.append(torch.stack([sources[int(k)][int(torch.randint(len(sources[int(k)]), (1,), generator=g))]
+                                for k in picks]))
+    return out
 
 
 def ndcg5(scores: torch.Tensor, ids: torch.Tensor, qrels: dict[str, dict[str, int]]) -> float:
@@ -97,16 +116,21 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--rescore-ratio", type=int, default=10)
-    ap.add_argument("--real", help="a BEIR folder of page images (e.g. ../shared/data/mmlongbench_dev)")
+    ap.add_argument("--real", help="a BEIR folder of page images (e.g. ../shared/data/mmlongbench_dev); "
+                    "--pages are then corpus sizes, real pages plus distractors")
     args = ap.parse_args()
     print(f"{torch.get_num_threads()} threads")
+    if args.real:
+        q, base, qrels = real(args.real, args.dim)
+        for n in args.pages:
+            docs = with_distractors(base, n)
+            compare(f"real {args.real} + {n - len(base)} distractors", q, docs, qrels, args.top_k, args.rescore_ratio)
+            del docs
+        return
     for n in args.pages:
         q, docs, qrels = synthetic(n, args.tokens, args.queries, args.query_tokens, args.dim)
         compare(f"synthetic {n}", q, docs, qrels, args.top_k, args.rescore_ratio)
         del q, docs
-    if args.real:
-        q, docs, qrels = real(args.real)
-        compare(f"real {args.real}", q, docs, qrels, args.top_k, args.rescore_ratio)
 
 
 if __name__ == "__main__":
