@@ -1,4 +1,4 @@
-"""The ``harness`` command: eval, run, tasks, models, leaderboard, plot."""
+"""The ``harness`` command: eval, run, tasks, models, leaderboard, plot, answers."""
 
 from __future__ import annotations
 
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.data.vidore import register as register_vidore  # `harness vidore download`
 
     register_vidore(sub)
+    from harness.answers.cli import register as register_answers  # `harness answers`: answer-level evaluation
+
+    register_answers(sub)
     return parser
 
 
