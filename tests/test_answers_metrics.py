@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from harness.answers.metrics import anls, exact_match, is_unanswerable, levenshtein, normalize_answer, parse_list, \
-    score_answer, token_f1
+from harness.answers.metrics import (
+    anls,
+    exact_match,
+    is_unanswerable,
+    levenshtein,
+    normalize_answer,
+    parse_list,
+    score_answer,
+    token_f1,
+)
 
 
 def test_squad_normalisation_keeps_numbers_whole() -> None:
