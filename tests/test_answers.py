@@ -159,3 +159,31 @@ def test_answers_command_with_packaged_gguf(qa_folder: Path, tmp_path: Path, cap
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(Path(lines[0].split("\t")[-1]).read_text())["cost"]["calls"] == 0
+
+
+def test_leaderboard_answer_rows(qa_folder: Path, tmp_path: Path) -> None:
+    from harness.report import answers as board
+
+    task = answer_task(BeirFolderTask(qa_folder))
+    answerer = Answerer(ScriptedAnswerer())
+    good = {q: {f"d{q[1]}": 1.0, "d0": 0.5} for q in task.questions}
+    bad = {q: {"d1": 1.0} for q in task.questions}
+    results = tmp_path / "results"
+    evaluate_answers(answerer, task, results, ranking=good, model_name="base/m", revision="r", ks=[1],
+                     row={"backbone": "m", "variant": "base"})
+    evaluate_answers(answerer, task, results, ranking=bad, model_name="other/m", revision="r", ks=[1],
+                     row={"backbone": "m", "variant": "other"}, oracle=False, no_retrieval=False)
+    (results / "runs" / "x" / "y").mkdir(parents=True)
+    (results / "runs" / "x" / "y" / "T.answers.a.k1.json").write_text("{")  # skipped, not fatal
+    frame = board.table(board.collect(results))
+    assert list(zip(frame.variant, frame.k, strict=True)) == [("no-retrieval", 0), ("base", 1), ("other", 1),
+                                                              ("oracle", "gold")]
+    other = frame[frame.variant == "other"].iloc[0]
+    # base: all four right by ANLS except q0 (1 - 1/13) and q3 (read d3, did not abstain); other reads d1 for all:
+    # q1 right only. Per-query ANLS differences (other - base): -(12/13), 0, -1, 0
+    assert other.delta_anls == pytest.approx(-(12 / 13 + 1) / 4)
+    assert other.p_holm >= 0.25 and other.marker == ""  # 4 queries, 2 of them tied: no exact p below 1/2
+    assert frame[frame.variant == "base"].iloc[0].delta_anls != frame[frame.variant == "base"].iloc[0].delta_anls
+    written = board.write(results, tmp_path / "out")
+    assert [p.name for p in written] == ["leaderboard_answers.md", "leaderboard_answers.csv"]
+    assert "| other | 4 | 0.250 |" in written[0].read_text()

@@ -34,7 +34,7 @@ MAX_NEW_TOKENS = 32
 class Answer:
     text: str
     cached: bool
-    seconds: float  # model time when it was generated (0 for a cached answer's rerun is not recorded: see record)
+    seconds: float  # model time when the answer was generated (a cached answer keeps its first time)
     n_prompt_tokens: int
     meta: dict[str, Any]
 

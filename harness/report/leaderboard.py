@@ -26,7 +26,8 @@ from items actually encoded (a fully cached run takes the rate of the most recen
 encoded); index bytes per page; query latency = encode + search ms per query (see harness/report/costs.py).
 
 Outputs (in --out, default the results folder): leaderboard.md, .csv, .tex, .html (self-contained, sortable,
-plots embedded), leaderboard_tests.csv (every paired test) and plots/*.png; a terminal table.
+plots embedded), leaderboard_tests.csv (every paired test) and plots/*.png; a terminal table. Answer records
+(``harness answers``) add leaderboard_answers.md and .csv (harness/report/answers.py).
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     render.print_tables(board, Console())
     written = render.write_text_outputs(board, out_dir)
+    from harness.report import answers  # answer-level rows (harness answers), when the results hold any
+
+    written += answers.write(results_dir, out_dir, n_permutations=args.permutations, seed=args.seed)
     figures = {} if args.no_plots else plots.write_plots(board, results_dir, out_dir / "plots")
     chosen = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
         ("benchmark", ",".join(args.benchmark)), ("backbone", ",".join(args.backbone)),
