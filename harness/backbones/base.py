@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from harness.io import atomic_write_json
+
 BACKBONE_FILE = "backbone.json"
 
 
@@ -195,8 +197,4 @@ def to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def write_backbone_file(path: Path, family: str, config: BackboneConfig) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    payload = {"family": family, "config": config.model_dump(mode="json")}
-    tmp = path / (BACKBONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path / BACKBONE_FILE)
+    atomic_write_json(path / BACKBONE_FILE, {"family": family, "config": config.model_dump(mode="json")})

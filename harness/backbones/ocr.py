@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from harness.backbones.base import OcrStats, Page
+from harness.io import atomic_write_text
 from harness.paths import cache_root
 from harness.progress import ProgressBar
 
@@ -102,11 +103,7 @@ class TesseractOcr:
         return (legacy.read_text(encoding="utf-8"), None) if legacy.is_file() else None
 
     def _store(self, key: str, text: str, seconds: float) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"text": text, "seconds": seconds}), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(self._path(key), json.dumps({"text": text, "seconds": seconds}))
 
     def _run(self, image: Image.Image) -> tuple[str, float]:
         """The page's text and the seconds its Tesseract process took."""

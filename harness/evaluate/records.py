@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from harness.io import atomic_path, atomic_write_text
 
 PACKAGES = ("harness", "synth-retrieval-harness", "torch", "transformers", "mteb", "colpali-engine", "peft",
             "sentence-transformers", "pytrec-eval-terrier", "datasets", "pillow")
@@ -35,34 +35,13 @@ def record_path(results_dir: Path, model_name: str, revision: str, task_name: st
     return Path(results_dir) / "runs" / model_dir_name(model_name) / revision / f"{task_name}.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: Path, obj: Any, gz: bool = False) -> None:
+    """A run record (indented JSON) or a saved ranking (gzipped JSON), written atomically (harness.io)."""
     if not gz:
         atomic_write_text(path, json.dumps(obj, indent=2, default=str))
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with gzip.open(tmp, "wt", encoding="utf-8") as f:
-            json.dump(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+        json.dump(obj, f)
 
 
 def versions() -> dict[str, str | None]:

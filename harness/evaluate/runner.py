@@ -32,6 +32,7 @@ from harness.evaluate.records import (
     versions,
 )
 from harness.evaluate.search import EXHAUSTIVE, SearchSpec, search_model
+from harness.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 RUN_DEPTH = 100  # documents kept per query in the saved ranking
@@ -191,8 +192,6 @@ def _run_task(encoder: HarnessEncoder, task: AbsTask, results_dir: Path, *, vari
         files = [f for f in written.rglob("*") if f.is_file() and f.name != "run_settings.jsonl"]
         for src in sorted(files, key=lambda f: f.name == final.name):
             dest = final.parent / src.name
-            tmp_dest = dest.with_name(f".{dest.name}.tmp")
-            tmp_dest.write_bytes(src.read_bytes())
-            tmp_dest.replace(dest)
+            atomic_write_bytes(dest, src.read_bytes())
     log.info("%s on %s: %s = %.4f (%.1fs)", meta.name, name, main_name, record["main_score"], seconds)
     return TaskOutcome(name, main_name, record["main_score"], False, rec_file)

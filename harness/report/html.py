@@ -115,7 +115,7 @@ def render(board: Board, plots: dict[str, Path], *, source: str = "", filters: s
 
 
 def write_html(board: Board, plots: dict[str, Path], path: Path, **meta: str) -> Path:
-    from harness.evaluate.records import atomic_write_text
+    from harness.io import atomic_write_text
 
     atomic_write_text(path, render(board, plots, **meta))
     return path

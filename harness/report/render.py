@@ -244,7 +244,7 @@ def to_csv(board: Board) -> str:
 
 
 def write_text_outputs(board: Board, out_dir: Path) -> list[Path]:
-    from harness.evaluate.records import atomic_write_text
+    from harness.io import atomic_write_text
 
     files = {"leaderboard.md": to_markdown(board), "leaderboard.csv": to_csv(board),
              "leaderboard_tests.csv": board.tests.to_csv(index=False), "leaderboard.tex": to_latex(board)}

@@ -86,7 +86,7 @@ def _folder(args: argparse.Namespace) -> Any:
 
 def _write_jsonl(path: str | None, rows: list[dict[str, Any]]) -> None:
     if path:
-        from harness.evaluate.records import atomic_write_text
+        from harness.io import atomic_write_text
 
         atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         print(f"wrote {len(rows)} rows to {path}")

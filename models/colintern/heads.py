@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from harness.backbones import Backbone, Page
 from harness.backbones.base import OcrStats, Trainable, to_device
+from harness.io import atomic_path, atomic_write_json
 
 HEADS_FILE, HEADS_CONFIG = "heads.pt", "colintern.json"
 
@@ -127,11 +128,9 @@ class Heads(torch.nn.Module):
         return out.index_put((mask,), vectors), mask  # row-major: the order of the concatenated tokens
 
     def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (HEADS_FILE + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(folder / HEADS_FILE)
-        (folder / HEADS_CONFIG).write_text(json.dumps({**self.spec(), **(extra or {})}, indent=2))
+        with atomic_path(folder / HEADS_FILE) as tmp:
+            torch.save(self.state_dict(), tmp)
+        atomic_write_json(folder / HEADS_CONFIG, {**self.spec(), **(extra or {})})
 
     @classmethod
     def load(cls, folder: Path) -> tuple[Heads, dict[str, Any]]:
