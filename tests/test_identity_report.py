@@ -92,3 +92,9 @@ def test_ocr_is_a_cost_of_its_own_the_same_cached_or_not(tmp_path: Path) -> None
     costs = [row_costs([e], entries) for e in sorted(entries, key=lambda e: e.record["backbone"]["tag"])]
     assert costs[0]["ocr_ms_per_page"] == costs[1]["ocr_ms_per_page"] == 1000 * first["seconds"] / 4
     assert all(c["encode_ms_per_page"] < c["ocr_ms_per_page"] for c in costs)
+    from harness.report import board as board_mod
+    from harness.report.render import cost_grid, fmt_number
+
+    header, rows = cost_grid(board_mod.build(entries))
+    column = header.index("OCR ms/page")  # the printed cost table shows it, for both rows alike
+    assert [r[column][0] for r in rows] == [fmt_number(costs[0]["ocr_ms_per_page"])] * 2

@@ -131,7 +131,7 @@ def reference_grid(board: Board) -> Grid | None:
 
 
 def cost_grid(board: Board) -> Grid:
-    header = ["backbone", "variant", "training time", "LLM calls", "encode ms/page", "index/page",
+    header = ["backbone", "variant", "training time", "LLM calls", "encode ms/page", "OCR ms/page", "index/page",
               "query latency ms"]
     rows = []
     for _, r in board.table.iterrows():
@@ -139,6 +139,7 @@ def cost_grid(board: Board) -> Grid:
                      (fmt_seconds(r.train_wall_s), _key(r.train_wall_s)),
                      (fmt_number(r.llm_calls, 0), _key(r.llm_calls)),
                      (fmt_number(r.encode_ms_per_page), _key(r.encode_ms_per_page)),
+                     (fmt_number(r.ocr_ms_per_page), _key(r.ocr_ms_per_page)),
                      (fmt_bytes(r.index_bytes_per_page), _key(r.index_bytes_per_page)),
                      (fmt_number(r.query_latency_ms), _key(r.query_latency_ms))])
     return header, rows
