@@ -23,10 +23,12 @@ from harness.synth.prompts import Template
 from harness.synth.store import SynthStore, record_key
 
 # SV-RAG's answering prompt (RECIPES.md section 4), verbatim, after the pages; a base model (not instruction-tuned)
-# gets the same text and an "Answer:" to continue, stopping at the end of the line.
+# gets the same text set apart by blank lines and an "Answer: " to continue, and its answer is its first non-empty
+# line (the packaged Gemma 3 270M answered nothing after "...possible\nAnswer:" with a newline stop: it starts with
+# a newline; it answers "26.2 million EUR" in this form).
 SVRAG_ANSWER = Template("svrag-answer-v1", "Answer the question:\n{question}\nPlease make the answer as concise as "
                         "possible")
-SVRAG_ANSWER_BASE = Template("svrag-answer-base-v1", SVRAG_ANSWER.text + "\nAnswer:")
+SVRAG_ANSWER_BASE = Template("svrag-answer-base-v2", "\n" + SVRAG_ANSWER.text + ".\n\nAnswer: ")
 MAX_NEW_TOKENS = 32
 
 
@@ -50,7 +52,7 @@ class Answerer:
         self.backend = backend
         self.store = store if isinstance(store, SynthStore) or store is None else SynthStore(store)
         self.params = GenParams(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0,
-                                stop=() if backend.instruct else ("\n",))
+                                stop=() if backend.instruct else ("\n\n",))
         self.template = SVRAG_ANSWER if backend.instruct or backend.sees_images else SVRAG_ANSWER_BASE
         self.calls = 0
 
@@ -79,6 +81,8 @@ class Answerer:
         seconds = time.perf_counter() - started
         self.calls += 1
         text = generation.text.strip()
+        if not (self.backend.instruct or self.backend.sees_images):  # a base model's answer: its first line
+            text = next((line.strip() for line in text.splitlines() if line.strip()), "")
         record = {"key": key, "op": "answer", "status": "ok" if text else "empty", "answerer": self.identity(),
                   "question": question, "pages": [p.id for p in given], "text": text, "seconds": round(seconds, 4),
                   "n_prompt_tokens": generation.n_prompt_tokens, "n_tokens": generation.n_tokens,
