@@ -155,7 +155,8 @@ def test_answers_command_with_packaged_gguf(qa_folder: Path, tmp_path: Path, cap
     record = json.loads(Path(lines[0].split("\t")[-1]).read_text())
     assert record["queries"] == 4 and record["cost"]["calls"] == 4
     assert record["scores"]["recall"] == 1.0  # pooled OCR-text finds each fact's page on this tiny corpus
-    assert all(isinstance(r["answer"], str) for r in record["per_query"].values())
+    # the model answers something (a base model that stops at its first newline answered nothing at all)
+    assert sum(bool(r["answer"]) for r in record["per_query"].values()) >= 3
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(Path(lines[0].split("\t")[-1]).read_text())["cost"]["calls"] == 0
