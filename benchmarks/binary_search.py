@@ -3,9 +3,10 @@
     python benchmarks/binary_search.py                            # synthetic: 1k and 10k pages of 700 tokens
     python benchmarks/binary_search.py --real ../shared/data/mmlongbench_dev --pages 329 1000 10000
 
-For each corpus and first stage (pooled vote, binary MaxSim): seconds of exhaustive float MaxSim (its index prebuilt,
-as a served index would be) and of the two-stage search, their ratio, the mean overlap of the two top-10 lists,
-nDCG@5 of both and index bytes per page (float32 vectors vs the first stage's bits).
+For each corpus and first stage (pooled vote, binary MaxSim, cascade: binary MaxSim over the pooled stage's best):
+seconds of exhaustive float MaxSim (its index prebuilt, as a served index would be) and of the two-stage search,
+their ratio, the mean overlap of the two top-10 lists, nDCG@5 of both and index bytes per page (float32 vectors vs
+the first stage's bits).
 
 Synthetic (no --real): L2-normalised 128-d token vectors with a corpus-wide component, a per-page topic and token
 noise; a query's tokens are noisy copies of tokens of its one relevant page.
@@ -87,7 +88,8 @@ def ndcg5(scores: torch.Tensor, ids: torch.Tensor, qrels: dict[str, dict[str, in
     return sum(v["ndcg_cut_5"] for v in per.values()) / len(per)
 
 
-def compare(name: str, q: torch.Tensor, docs: list[torch.Tensor], qrels: dict, top_k: int, ratio: int) -> None:
+def compare(name: str, q: torch.Tensor, docs: list[torch.Tensor], qrels: dict, top_k: int, ratio: int,
+            firsts: list[str]) -> None:
     index = DocIndex(docs)
     start = time.perf_counter()
     ex_scores, ex_ids = maxsim(q, index).topk(top_k, dim=1)
@@ -97,7 +99,7 @@ def compare(name: str, q: torch.Tensor, docs: list[torch.Tensor], qrels: dict, t
     print(f"\n{name}: {len(docs):,} pages, {tokens / len(docs):.0f} tokens/page, {len(q)} queries, dim {q.shape[-1]}; "
           f"bytes/page: float32 {binary.float_nbytes / len(docs):,.0f}, bits {binary.binary_nbytes / len(docs):,.0f}")
     print(f"  exhaustive float MaxSim: {t_ex:.2f} s, nDCG@5 {ndcg5(ex_scores, ex_ids, qrels):.4f}")
-    for first in ("pooled", "multi"):
+    for first in firsts:
         stats = SearchStats()
         start = time.perf_counter()
         scores, ids = binary.search(q, top_k, first=first, rescore_ratio=ratio, stats=stats)
@@ -116,6 +118,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--rescore-ratio", type=int, default=10)
+    ap.add_argument("--first", nargs="+", default=["pooled", "multi", "cascade"], help="first stages to measure")
     ap.add_argument("--real", help="a BEIR folder of page images (e.g. ../shared/data/mmlongbench_dev); "
                     "--pages are then corpus sizes, real pages plus distractors")
     args = ap.parse_args()
@@ -124,12 +127,14 @@ def main() -> None:
         q, base, qrels = real(args.real, args.dim)
         for n in args.pages:
             docs = with_distractors(base, n)
-            compare(f"real {args.real} + {n - len(base)} distractors", q, docs, qrels, args.top_k, args.rescore_ratio)
+            compare(f"real {args.real} + {n - len(base)} distractors", q, docs, qrels, args.top_k, args.rescore_ratio,
+                    args.first)
             del docs
         return
     for n in args.pages:
         q, docs, qrels = synthetic(n, args.tokens, args.queries, args.query_tokens, args.dim)
-        compare(f"synthetic {n}", q, docs, qrels, args.top_k, args.rescore_ratio)
+        compare(f"synthetic {n}", q, docs, qrels, args.top_k, args.rescore_ratio,
+                    args.first)
         del q, docs
 
 

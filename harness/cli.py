@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", action="append", required=True,
                    help="task name, benchmark, BEIR folder or inline YAML; repeatable")
     p.add_argument("--search", action="append", metavar="STRATEGY",
-                   help="exhaustive (default), binary-pooled[:R][@K] or binary-multi[:R][@K] (two-stage: sign-bit "
-                        "first stage, K x R candidates reranked by float MaxSim, K returned; defaults R 10, K 100); "
+                   help="exhaustive (default), binary-pooled|multi|cascade[:R][@K] (two-stage: sign-bit first stage, "
+                        "K x R candidates reranked by float MaxSim, K returned; defaults R 10, K 100); "
                         "repeatable, one result per strategy")
     p.set_defaults(func=cmd_eval)
 

@@ -81,7 +81,8 @@ def test_first_stage_equals_hamming_computed_directly(q_lens, d_lens, dim, how, 
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.lists(st.integers(1, 8), min_size=2, max_size=12),
-       st.sampled_from([8, 32]), st.sampled_from(["pooled", "multi"]), st.integers(0, 10_000), st.integers(1, 3))
+       st.sampled_from([8, 32]), st.sampled_from(["pooled", "multi", "cascade"]), st.integers(0, 10_000),
+       st.integers(1, 3))
 def test_two_stage_with_every_page_a_candidate_is_exhaustive_maxsim(q_lens, d_lens, dim, how, seed, k) -> None:
     q, docs = pad_vectors(vectors(q_lens, dim, seed)), vectors(d_lens, dim, seed + 1)
     index = BinaryIndex(docs)
@@ -111,3 +112,27 @@ def test_padded_query_rows_and_empty_pages() -> None:
         assert first[0, 2] == float("-inf")  # an empty page is never a candidate
     _, ids = index.search(padded, 3, rescore_ratio=1)
     assert sorted(ids[0, :2].tolist()) == [0, 1] and ids[0, 2] == -1
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.lists(st.integers(1, 6), min_size=2, max_size=8),
+       DIMS, st.integers(0, 10_000))
+def test_binary_rerank_of_candidates_equals_binary_maxsim(q_lens, d_lens, dim, seed) -> None:
+    """The cascade's middle stage (binary MaxSim on the pooled stage's pages) scores as the multi first stage."""
+    q, docs = pad_vectors(vectors(q_lens, dim, seed)), vectors(d_lens, dim, seed + 1)
+    index = BinaryIndex(docs)
+    full = index.first_stage(q, "multi")
+    picks = [[j for j in range(len(docs)) if (i + j) % 2 == 0] for i in range(len(q))]
+    for i, got in enumerate(index.rerank(q, picks, binary=True)):
+        assert torch.equal(got, full[i, picks[i]])
+
+
+def test_cascade_keeps_only_what_binary_maxsim_ranks_first() -> None:
+    q, docs = pad_vectors(vectors([3, 2], 32, 0)), vectors([5] * 300, 32, 1)
+    index = BinaryIndex(docs)
+    stats = SearchStats()
+    _, ids = index.search(q, 2, first="cascade", rescore_ratio=3, stats=stats)
+    assert stats.candidates == 2 * 6  # k x ratio reranked in float, out of the 60 the pooled stage kept
+    pool = index.first_stage(q, "pooled").topk(60, dim=1).indices
+    for i in range(2):
+        assert set(ids[i].tolist()) <= set(pool[i].tolist())

@@ -2,8 +2,9 @@
 field of run configs (``searches:``), part of each result's identity and of its leaderboard row.
 
 - ``exhaustive``: float MaxSim against every page (mteb's own full-corpus search, scored by the harness's engine);
-- ``binary-pooled[:R][@K]`` / ``binary-multi[:R][@K]``: ColQwen3VL's two-stage search (harness.retrieval.binary): a
-  first stage over sign bits (pooled vote vectors, or binary MaxSim over every token) keeps K x R candidates
+- ``binary-pooled[:R][@K]`` / ``binary-multi[:R][@K]`` / ``binary-cascade[:R][@K]``: ColQwen3VL's two-stage search
+  (harness.retrieval.binary): a first stage over sign bits (pooled vote vectors, binary MaxSim over every token, or
+  binary MaxSim over the pooled stage's 10 x K x R best) keeps K x R candidates
   (R = rescore ratio, default 10), reranked by float MaxSim; the K best are returned (default 100, the depth of the
   saved rankings). mteb scores metrics up to @1000 from what a search returns: recall@1000 and MAP are then
   computed over K results, the @5/@10 scores are not affected.
@@ -24,7 +25,7 @@ from mteb.models.search_wrappers import SearchEncoderWrapper
 from harness.retrieval.binary import BinaryIndex, SearchStats
 
 EXHAUSTIVE = "exhaustive"
-_PATTERN = re.compile(r"^binary-(pooled|multi)(?::(\d+))?(?:@(\d+))?$")
+_PATTERN = re.compile(r"^binary-(pooled|multi|cascade)(?::(\d+))?(?:@(\d+))?$")
 
 
 class SearchSpecError(ValueError):
@@ -34,7 +35,7 @@ class SearchSpecError(ValueError):
 @dataclass(frozen=True)
 class SearchSpec:
     kind: Literal["exhaustive", "binary"] = "exhaustive"
-    first_stage: Literal["pooled", "multi"] = "pooled"
+    first_stage: Literal["pooled", "multi", "cascade"] = "pooled"
     rescore_ratio: int = 10
     depth: int = 100
 
@@ -44,9 +45,8 @@ class SearchSpec:
             return cls()
         m = _PATTERN.match(text)
         if not m or any(g is not None and int(g) < 1 for g in m.groups()[1:]):
-            raise SearchSpecError(f"search {text!r}: expected 'exhaustive', 'binary-pooled[:R][@K]' or "
-                                  "'binary-multi[:R][@K]' (R: rescore ratio, K: results returned; integers >= 1, "
-                                  "default R 10, K 100)")
+            raise SearchSpecError(f"search {text!r}: expected 'exhaustive' or 'binary-pooled|multi|cascade[:R][@K]' "
+                                  "(R: rescore ratio, K: results returned; integers >= 1, default R 10, K 100)")
         return cls("binary", m.group(1), int(m.group(2) or 10), int(m.group(3) or 100))  # type: ignore[arg-type]
 
     @property

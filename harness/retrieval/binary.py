@@ -6,7 +6,9 @@ b). For +-1 vectors a . b = dim - 2 hamming, so every Hamming score here is comp
 matrices (bf16 holds +-1 and every sum up to 256 exactly):
 - ``pooled`` first stage: sum over query tokens of the Hamming similarity to the page's vote vector, which is one
   matrix-vector product with the query's summed +-1 tokens;
-- ``multi`` first stage: binary MaxSim, sum over query tokens of the best Hamming similarity over the page's tokens.
+- ``multi`` first stage: binary MaxSim, sum over query tokens of the best Hamming similarity over the page's tokens;
+- ``cascade``: the pooled stage keeps CASCADE x as many pages, binary MaxSim ranks only those (the pooled vote is
+  cheap but coarse, binary MaxSim is close to float MaxSim but costs a +-1 product over every token).
 The first stage keeps top_k x rescore_ratio candidates per query; the second reranks them by float MaxSim on the
 stored float vectors (the exact score of ``harness.retrieval.maxsim``), and the candidates below them keep their
 first-stage order, under the reranked ones.
@@ -23,7 +25,8 @@ import torch
 
 from harness.retrieval.maxsim import DocIndex, maxsim, real_tokens
 
-FirstStage = Literal["pooled", "multi"]
+FirstStage = Literal["pooled", "multi", "cascade"]
+CASCADE = 10  # the cascade's pooled stage keeps CASCADE times the candidates the binary MaxSim stage keeps
 
 
 def pack_bits(x: torch.Tensor) -> np.ndarray:
@@ -94,15 +97,19 @@ class BinaryIndex:
         hamming = (real.sum(1, keepdim=True) * self.dim + dots) / 2  # sum_t (dim - hamming_t)
         return hamming.masked_fill(~self.has_tokens[None], float("-inf"))
 
-    def rerank(self, queries: torch.Tensor, candidates: list[list[int]]) -> list[torch.Tensor]:
+    def rerank(self, queries: torch.Tensor, candidates: list[list[int]], *, binary: bool = False) -> list[torch.Tensor]:
         """Float MaxSim of each zero-padded query [Q, Tq, D] against its own candidate pages -> one score per
         candidate, in the given order.
 
         Page by page, not query by query: each candidate page is scored once against all the queries that kept it
         (one product on the stored vectors, nothing copied), so the work is a few large products when queries share
         candidates and stays proportional to the (query, page) pairs when they do not. Padded query rows are zero
-        and add 0 to every score."""
+        and add 0 to every score. ``binary``: binary MaxSim instead (Hamming on the sign bits, as ``first_stage``)."""
         queries = torch.as_tensor(queries).float()
+        real = (queries.abs().sum(-1) != 0).sum(1)
+        if binary:  # +-1 in bf16: exact products and maxima (|dot| <= 256), summed in fp32 below
+            queries = (torch.where(queries >= 0, 1.0, -1.0) * (queries.abs().sum(-1, keepdim=True) != 0))
+            queries = queries.to(torch.bfloat16)
         by_page: dict[int, list[tuple[int, int]]] = {}
         for i, ids in enumerate(candidates):
             for n, j in enumerate(ids):
@@ -112,7 +119,10 @@ class BinaryIndex:
         for j, pairs in by_page.items():
             rows = torch.tensor([i for i, _ in pairs])
             q = queries[rows].reshape(-1, self.dim)
-            scores = (q @ self.floats[j].T).amax(1).view(len(pairs), tq).sum(1)
+            page = unpack_signs(self.token_bits[j], self.dim) if binary else self.floats[j]
+            scores = (q @ page.T).amax(1).float().view(len(pairs), tq).sum(1)
+            if binary:  # +-1 dot -> Hamming similarity, summed over the real query tokens
+                scores = (real[rows] * self.dim + scores) / 2
             for (i, n), score in zip(pairs, scores.tolist(), strict=True):
                 out[i][n] = score
         return out
@@ -125,8 +135,15 @@ class BinaryIndex:
         queries = torch.as_tensor(queries).float()
         k = min(top_k, self.size)
         keep = min(self.size, top_k * rescore_ratio)
-        cand = self.first_stage(queries, first).topk(keep, dim=1).indices  # [Q, keep]
-        candidates = [[int(j) for j in row if self.has_tokens[j]] for row in cand]
+        if first == "cascade":
+            pool = self.first_stage(queries, "pooled").topk(min(self.size, keep * CASCADE), dim=1).indices
+            pooled = [[int(j) for j in row if self.has_tokens[j]] for row in pool]
+            ranked = self.rerank(queries, pooled, binary=True)
+            candidates = [[ids[int(n)] for n in torch.argsort(r, descending=True, stable=True)[:keep]]
+                          for ids, r in zip(pooled, ranked, strict=True)]
+        else:
+            cand = self.first_stage(queries, first).topk(keep, dim=1).indices  # [Q, keep]
+            candidates = [[int(j) for j in row if self.has_tokens[j]] for row in cand]
         out_scores = torch.full((len(queries), k), float("-inf"))
         out_ids = torch.full((len(queries), k), -1, dtype=torch.long)
         for i, (ids, scores) in enumerate(zip(candidates, self.rerank(queries, candidates), strict=True)):
