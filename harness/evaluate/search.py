@@ -102,5 +102,4 @@ def search_model(encoder: Any, spec: SearchSpec) -> Any:
     """What mteb evaluates: the encoder itself (exhaustive) or the encoder behind the two-stage index."""
     if spec.kind == EXHAUSTIVE:
         return encoder
-    wrapper = SearchEncoderWrapper(encoder, index_backend=BinaryTwoStageBackend(spec))
-    return wrapper
+    return SearchEncoderWrapper(encoder, index_backend=BinaryTwoStageBackend(spec))

@@ -50,6 +50,12 @@ def majority_vote(token_bits: np.ndarray, dim: int) -> np.ndarray:
     return np.packbits(2 * votes >= len(token_bits))
 
 
+
+def query_signs(queries: torch.Tensor) -> torch.Tensor:
+    """The +-1 sign vectors of zero-padded queries [Q, Tq, D]; padded rows stay 0 (they add nothing to a score)."""
+    return torch.where(queries >= 0, 1.0, -1.0) * (queries.abs().sum(-1, keepdim=True) != 0)
+
+
 @dataclass
 class SearchStats:
     candidates: int = 0  # (query, page) pairs reranked in float
@@ -86,14 +92,13 @@ class BinaryIndex:
     def first_stage(self, queries: torch.Tensor, how: FirstStage) -> torch.Tensor:
         """Hamming scores [Q, N] of zero-padded queries [Q, Tq, D] (padded query rows count for nothing)."""
         real = queries.abs().sum(-1) != 0  # [Q, Tq]
-        signs = torch.where(queries >= 0, 1.0, -1.0) * real[..., None]  # padded rows -> 0
+        signs = query_signs(queries)
         if how == "pooled":
             pages = unpack_signs(self.pooled_bits, self.dim, torch.float32)
             dots = signs.sum(1) @ pages.T  # sum_t q_t . p
         else:
-            docs = [unpack_signs(b, self.dim) for b in self.token_bits]
-            dots = maxsim(signs.to(torch.bfloat16), [d if len(d) else d.new_zeros(0, self.dim) for d in docs],
-                          dtype=torch.bfloat16)
+            docs = [unpack_signs(b, self.dim) for b in self.token_bits]  # an empty page: [0, dim]
+            dots = maxsim(signs.to(torch.bfloat16), docs, dtype=torch.bfloat16)
         hamming = (real.sum(1, keepdim=True) * self.dim + dots) / 2  # sum_t (dim - hamming_t)
         return hamming.masked_fill(~self.has_tokens[None], float("-inf"))
 
@@ -108,8 +113,7 @@ class BinaryIndex:
         queries = torch.as_tensor(queries).float()
         real = (queries.abs().sum(-1) != 0).sum(1)
         if binary:  # +-1 in bf16: exact products and maxima (|dot| <= 256), summed in fp32 below
-            queries = (torch.where(queries >= 0, 1.0, -1.0) * (queries.abs().sum(-1, keepdim=True) != 0))
-            queries = queries.to(torch.bfloat16)
+            queries = query_signs(queries).to(torch.bfloat16)
         by_page: dict[int, list[tuple[int, int]]] = {}
         for i, ids in enumerate(candidates):
             for n, j in enumerate(ids):
