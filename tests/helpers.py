@@ -71,3 +71,27 @@ def syntr_corpus(folder: Path) -> TrainingCorpus:
 SYNTR_CONFIG = {"pages": 6, "queries_per_page": 2, "top_m": 4, "n_negatives": 2, "val_fraction": 0.2,
                 "test_fraction": 0.2, "lora": {"r": 4, "alpha": 8},
                 "train": {"steps": 4, "batch_size": 2, "logging_steps": 1}}
+
+
+def tiny_gemma(folder: Path, seed: int = 0) -> Path:
+    """A randomly initialised 2-layer Gemma 3 text model (the packaged LLM's architecture: sliding and full
+    attention layers) with a byte-level tokenizer that adds a BOS token, saved as a transformers folder."""
+    import torch
+    from tokenizers import AddedToken
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Tokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>"]
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab.update({t: len(vocab) + i for i, t in enumerate(specials)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                         unk_token=None, add_bos_token=True)
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials], special_tokens=True)
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=vocab["<pad>"],
+                              eos_token_id=vocab["<eos>"], bos_token_id=vocab["<bos>"])
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

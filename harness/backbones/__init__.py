@@ -19,14 +19,16 @@ FAMILIES: dict[str, str] = {
     "colpali": "harness.backbones.colpali:ColpaliBackbone",
     "tiny": "harness.backbones.tiny:TinyBackbone",
     "bm25": "harness.backbones.bm25:Bm25Backbone",
+    "llm-text": "harness.backbones.llm_text:LlmTextBackbone",
 }
 
 __all__ = ["FAMILIES", "Backbone", "BackboneConfig", "Page", "Trainable", "backbone_class",
            "build_backbone", "load_backbone", "saved_family", "settings_label"]
 # Settings a backbone's tag (describe()) already shows, and settings that change speed but not scores: neither
 # belongs in the settings a leaderboard row names.
-IN_TAG = {"ocr-text": {"encoder", "mode"}, "colpali": {"model", "adapter"}, "tiny": {"arch", "seed"}}
-SPEED_ONLY = {"ocr_workers", "chunk_batch", "device", "attn_implementation"}
+IN_TAG = {"ocr-text": {"encoder", "mode"}, "colpali": {"model", "adapter"}, "tiny": {"arch", "seed"},
+          "llm-text": {"model", "gguf_file"}}
+SPEED_ONLY = {"ocr_workers", "chunk_batch", "page_batch", "device", "attn_implementation"}
 
 
 class BackboneError(ValueError):

@@ -190,3 +190,36 @@ class HFBackend:
             found[cand] = logsumexp([float(logp[t]) for t in firsts]) if firsts else -math.inf
         meta["top"] = [self.tokenizer.decode([int(t)]) for t in logp.topk(5).indices]
         return Choice(found, meta)
+
+
+class AdapterOffBackend(HFBackend):
+    """The hf backend over a language model another component holds (the llm-text retriever of ``svrag``), run
+    with its LoRA adapter disabled, i.e. as the base model. Its identity is what ``HFBackend`` reports for the same
+    weights and settings, so the two share answer caches (tests/test_svrag.py checks the logits are the base's)."""
+
+    def __init__(self, net: Any, tokenizer: Any, model_name: str, *, instruct: bool,
+                 max_page_tokens: int = 512) -> None:
+        self.model_name = self.model = model_name
+        self.sees_images, self.processor, self.instruct = False, None, instruct
+        self.net, self.tokenizer = net, tokenizer
+        self.device = str(next(net.parameters()).device)
+        self.pages = PageText(max_page_tokens)
+
+    def generate(self, prompts: Sequence[Prompt], params: GenParams,
+                 seeds: Sequence[int] | None = None) -> list[Generation]:
+        from harness.train.lora import adapters_disabled
+
+        with adapters_disabled(self.net):
+            return super().generate(prompts, params, seeds)
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Score]:
+        from harness.train.lora import adapters_disabled
+
+        with adapters_disabled(self.net):
+            return super().score(prompts, continuations)
+
+    def next_token_logprobs(self, prompt: Prompt, candidates: Sequence[str]) -> Choice:
+        from harness.train.lora import adapters_disabled
+
+        with adapters_disabled(self.net):
+            return super().next_token_logprobs(prompt, candidates)

@@ -8,7 +8,9 @@ untrained backbone, ``trainable.safetensors`` holds the weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -131,3 +133,29 @@ def merge_lora(module: torch.nn.Module) -> int:
     for p in module.parameters():
         p.requires_grad_(False)
     return merged
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """Run ``module`` as its base model: every LoRA layer's adapter off, eval mode; all restored afterwards.
+    A merged adapter cannot be switched off (its delta is inside the base weight): that is an error."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    if any(layer.merged for layer in layers):
+        raise RuntimeError("the LoRA adapter is merged into the base weights: it cannot be disabled (load the "
+                           "adapter without merging to answer with the base model)")
+    flags = {name: p.requires_grad for name, p in module.named_parameters()}  # peft's toggles change them
+    disabled = [layer.disable_adapters for layer in layers]
+    was_training = module.training
+    module.eval()
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, off in zip(layers, disabled, strict=True):
+            layer.enable_adapters(not off)
+        for name, p in module.named_parameters():
+            p.requires_grad_(flags[name])
+        module.train(was_training)

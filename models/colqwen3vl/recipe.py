@@ -92,15 +92,23 @@ class Config(BaseModel):
 
 
 def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: Path) -> Path:
+    return train_pairs(backbone, corpus, config, out_dir, recipe="colqwen3vl", loss="infonce",
+                       lora_lr=LORA_LR, full_lr=FULL_LR)
+
+
+def train_pairs(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: Path, *, recipe: str,
+                loss: Literal["infonce", "pairwise"], lora_lr: float, full_lr: float) -> Path:
+    """Steps 1-4 above with the given loss and default learning rates; ``recipe`` names the training in messages
+    and in training.json (svrag trains this way too, with the pairwise loss)."""
     out_dir = Path(out_dir)
     if (out_dir / TRAINING_FILE).is_file() and (out_dir / "final").is_dir():
-        log.info("colqwen3vl: %s already trained; reusing it", out_dir)
+        log.info("%s: %s already trained; reusing it", recipe, out_dir)
         return out_dir
     if not any(True for _ in backbone.parameters()):
-        raise ValueError(f"colqwen3vl: backbone {backbone.describe()} has no weights to train (e.g. bm25); use "
+        raise ValueError(f"{recipe}: backbone {backbone.describe()} has no weights to train (e.g. bm25); use "
                          "ocr-text, tiny or colpali")
     if len(corpus.pages) < 2:
-        raise ValueError(f"colqwen3vl: corpus {corpus.name!r} has {len(corpus.pages)} page(s); in-batch "
+        raise ValueError(f"{recipe}: corpus {corpus.name!r} has {len(corpus.pages)} page(s); in-batch "
                          "contrastive training needs at least 2")
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = Stages()
@@ -109,7 +117,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     with stages("queries"):
         queries, llm = pseudo_query_pairs(config, [pages[i] for i in ids], out_dir)
     if not queries:
-        raise RuntimeError(f"colqwen3vl: the LLM wrote no usable pseudo-query for {corpus.name!r} ({llm['notes']})")
+        raise RuntimeError(f"{recipe}: the LLM wrote no usable pseudo-query for {corpus.name!r} ({llm['notes']})")
     if hasattr(backbone, "page_texts"):  # OCR-text: read each page's text once, not at every step and evaluation
         pages = {i: Page(i, text=t) for i, t in zip(ids, backbone.page_texts([pages[i] for i in ids]), strict=True)}
     source = {q: q.rsplit("#q", 1)[0] for q in queries}
@@ -119,7 +127,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     train_q = sorted(q for q in queries if source[q] not in held)
     val_q = sorted(q for q in queries if source[q] in held)
     if not train_q:
-        raise ValueError(f"colqwen3vl: no training queries left after holding out val_fraction "
+        raise ValueError(f"{recipe}: no training queries left after holding out val_fraction "
                          f"{config.val_fraction} of {len(sources)} source pages")
     mining: dict[str, int] = {}
     hard: dict[str, list[str]] = {q: [] for q in train_q}
@@ -139,21 +147,21 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     mode = finetune_mode(backbone, config.finetune)
     spec = config.train
     if "lr" not in spec.model_fields_set:
-        spec = spec.model_copy(update={"lr": FULL_LR if mode == "full" else LORA_LR})
+        spec = spec.model_copy(update={"lr": full_lr if mode == "full" else lora_lr})
     targets = prepare_finetune(backbone, mode, config.lora)
     with stages("train"):
-        objective = ContrastiveObjective(backbone, "infonce", config.temperature)
+        objective = ContrastiveObjective(backbone, loss, config.temperature)
         result = run_loop(objective, examples, ContrastiveCollator(backbone), spec, out_dir, validator)
     with stages("export"):
         save_final(backbone, out_dir / "final", config.lora if mode == "lora" else None, targets)
     write_training_record(
         out_dir, wall_s=stages.total(), llm_calls=llm["llm_calls"], llm_tokens=llm["llm_tokens"],
-        examples=len(examples), loss_log=result.loss_log, stages=stages.seconds, recipe="colqwen3vl",
-        llm_calls_new=llm["llm_new"], backend=llm["backend"], finetune=mode, lr=spec.lr, loss="infonce",
+        examples=len(examples), loss_log=result.loss_log, stages=stages.seconds, recipe=recipe,
+        llm_calls_new=llm["llm_new"], backend=llm["backend"], finetune=mode, lr=spec.lr, loss=loss,
         temperature=config.temperature, lora=config.lora.model_dump() if mode == "lora" else None,
         hard_negatives=config.hard_negatives, mining=mining or None, validation_queries=len(val_q),
         train=result.record(), notes=llm["notes"])
-    log.info("colqwen3vl: %d steps on %d pseudo-queries -> %s", result.steps, len(examples), out_dir)
+    log.info("%s: %d steps on %d pseudo-queries -> %s", recipe, result.steps, len(examples), out_dir)
     return out_dir
 
 
