@@ -8,6 +8,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.synth.backends import BackendSpec as BackendSpec_  # the answerer (BackendSpec here is a backbone's)
+
 
 class ConfigError(ValueError):
     pass
@@ -32,6 +34,57 @@ class VariantSpec(Strict):
     backbones: list[int] | None = None
 
 
+def _default_answerer() -> BackendSpec_:
+    return BackendSpec_(kind="hf")
+
+
+class AnsweredVariant(Strict):
+    name: str
+    backbones: list[int] | None = None  # its rows on these backbone indices only (default: answers.backbones)
+
+
+class AnswersSpec(Strict):
+    """Answer-level evaluation inside a run (harness/answers/run.py): each answered row's top-k pages go to one
+    answerer, its answers are scored against the task's reference answers; oracle and no-retrieval rows once per
+    (task, answerer). Only tasks whose queries carry metadata.answer are answered."""
+
+    # A synth backend (harness.synth.backends.BackendSpec); default: the packaged Gemma 3 270M GGUF dequantised
+    # through transformers, the same network an svrag row answers with (its LoRA adapter disabled).
+    answerer: BackendSpec_ = Field(default_factory=_default_answerer)
+    ks: list[int] = Field(default_factory=lambda: [1, 3], min_length=1)
+    limit: int | None = Field(default=None, ge=1)  # the first N questions of each task
+    # Rows answered: variants (default: all), each a name or {name, backbones: [indices]} (a name the run lacks
+    # answers nothing, it is no error), on backbone indices (default: all).
+    variants: list[AnsweredVariant] | None = None
+    backbones: list[int] | None = None
+    oracle: bool = True
+    no_retrieval: bool = True
+    max_new_tokens: int = Field(default=32, ge=1)
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    def answers_row(self, variant_names: list[str], backbone_index: int) -> bool:
+        """Whether the row of this variant (its registered name or row label) on this backbone is answered."""
+        if self.variants is None:
+            return self.backbones is None or backbone_index in self.backbones
+        for v in self.variants:
+            if v.name in variant_names:
+                allowed = v.backbones if v.backbones is not None else self.backbones
+                if allowed is None or backbone_index in allowed:
+                    return True
+        return False
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, value: list[int]) -> list[int]:
+        if any(k < 1 for k in value):
+            raise ValueError(f"every k must be at least 1 (got {value}; the no-retrieval row is k 0 already)")
+        return list(dict.fromkeys(value))
+
+
 class RunConfig(Strict):
     name: str = "run"
     results: str = "results"
@@ -43,6 +96,8 @@ class RunConfig(Strict):
     # How vector models search each corpus (harness.evaluate.search): every model is evaluated once per entry
     # (encodings are cached, so extra strategies cost search time only); the bm25 row is always exhaustive.
     searches: list[str] = Field(default_factory=lambda: ["exhaustive"], min_length=1)
+    # Answer-level evaluation of the rows (absent: none); rows are answered under the first search only.
+    answers: AnswersSpec | None = None
 
     @field_validator("searches")
     @classmethod
@@ -60,6 +115,12 @@ class RunConfig(Strict):
             if bad:
                 raise ValueError(f"variants.{i}.backbones: no backbone with index {bad} "
                                  f"(the run has {len(self.backbones)})")
+        lists = {"answers.backbones": self.answers.backbones} | {
+            f"answers.variants.{i}.backbones": v.backbones for i, v in enumerate(self.answers.variants or [])
+        } if self.answers else {}
+        for key, indices in lists.items():
+            if bad := [b for b in indices or [] if not 0 <= b < len(self.backbones)]:
+                raise ValueError(f"{key}: no backbone with index {bad} (the run has {len(self.backbones)})")
         return self
 
     @field_validator("variants", mode="before")

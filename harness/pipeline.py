@@ -14,13 +14,14 @@ import torch
 from mteb.abstasks import AbsTask
 from pydantic import BaseModel, ValidationError
 
+from harness.answers.run import RunAnswers
 from harness.backbones import Backbone, Page, build_backbone, load_backbone, saved_family
 from harness.backbones.bm25 import Bm25Backbone
 from harness.config import BackboneSpec, ConfigError, RunConfig, VariantSpec, format_errors
 from harness.evaluate.bm25 import Bm25Search
 from harness.evaluate.encoder import HarnessEncoder
 from harness.evaluate.records import atomic_write_json, task_identity
-from harness.evaluate.runner import TaskOutcome, evaluate_model
+from harness.evaluate.runner import TaskOutcome, evaluate_model, searched_meta
 from harness.evaluate.search import SearchSpec
 from harness.paths import cache_root
 from harness.retrieval.cache import EmbeddingCache
@@ -199,6 +200,17 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
     tasks = resolve_tasks(config.tasks)
     check_task_names(tasks)
     outcomes: list[TaskOutcome] = []
+    answers = RunAnswers(config.answers, results_dir) if config.answers else None
+    try:
+        _run_matrix(config, tasks, results_dir, overwrite, show_progress, outcomes, answers)
+    finally:
+        if answers is not None:
+            answers.close()
+    return outcomes
+
+
+def _run_matrix(config: RunConfig, tasks: list[AbsTask], results_dir: Path, overwrite: bool, show_progress: bool,
+                outcomes: list[TaskOutcome], answers: RunAnswers | None) -> None:
     for bi, bspec in enumerate(config.backbones):
         for vi, vspec in enumerate(config.variants):
             if vspec.backbones is not None and bi not in vspec.backbones:
@@ -218,14 +230,16 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
                 encoder = build_model(variant, bspec, vspec, train_task, where=f"variants.{vi}",
                                       backbone_where=f"backbones.{bi}",
                                       checkpoints=results_dir.parent / "checkpoints", with_queries=with_queries)
-                for search in searches_for(encoder, config.searches):
+                # a variant may name its rows itself (syntriever: one row per number of stages trained)
+                label = getattr(encoder, "variant_label", None) or variant.name
+                for si, search in enumerate(searches_for(encoder, config.searches)):
                     outcomes += evaluate_model(
-                        # a variant may name its rows itself (syntriever: one row per number of stages trained)
-                        encoder, eval_tasks, results_dir,
-                        variant=getattr(encoder, "variant_label", None) or variant.name,
+                        encoder, eval_tasks, results_dir, variant=label,
                         backbone={"family": encoder.model.family, "tag": encoder.model.describe(),
                                   "config": encoder.model.config.model_dump(mode="json"), "index": bi},
                         run_config={"run": config.name, "variant_config": vspec.config,
                                     "train_corpus": task_identity(train_task) if train_task and trains else None},
                         seed=config.seed, overwrite=overwrite, show_progress=show_progress, search=search)
-    return outcomes
+                    if answers is not None and si == 0 and answers.wants([variant.name, label], bi):
+                        answers(encoder, eval_tasks, meta=searched_meta(encoder.mteb_model_meta, search),
+                                row={"backbone": encoder.model.describe(), "variant": label})

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ANSWERERS = {"llamacpp": "llama-cpp", "llama-cpp": "llama-cpp", "hf": "hf", "http": "http"}
+SELF = "self"  # the retriever backbone's own language model (its answer_backend: an LLM retriever, adapter off)
 
 
 def register(subparsers: Any) -> None:
@@ -27,8 +28,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--variant-set", action="append", default=[], metavar="KEY=VALUE", help="recipe config value")
     p.add_argument("--task", action="append", required=True, help="a task whose queries carry metadata.answer")
     p.add_argument("--k", action="append", type=int, help="pages given to the answerer (repeatable; default 1, 3)")
-    p.add_argument("--answerer", choices=sorted(ANSWERERS), default="llamacpp",
-                   help="synth backend (default: llama.cpp with the packaged Gemma 3 270M)")
+    p.add_argument("--answerer", choices=[*sorted(ANSWERERS), SELF], default="llamacpp",
+                   help="synth backend (default: llama.cpp with the packaged Gemma 3 270M), or self: the backbone's "
+                        "own language model (backbones with answer_backend; --answerer-set goes to it)")
     p.add_argument("--answerer-set", action="append", default=[], metavar="KEY=VALUE",
                    help="backend setting (model, url, n_ctx, max_page_tokens, ...; see harness.synth.backends)")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -44,11 +46,13 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.answers.answerer import Answerer
     from harness.answers.evaluate import answer_task, evaluate_answers, ranking_for
+    from harness.answers.run import own_backend, store_for
+    from harness.backbones import backbone_class, saved_family
     from harness.cli_args import parse_sets, task_spec
-    from harness.config import BackboneSpec, VariantSpec
+    from harness.config import BackboneSpec, ConfigError, VariantSpec
     from harness.evaluate.runner import evaluate_model
     from harness.pipeline import build_model, set_seed
-    from harness.synth.backends import make_backend
+    from harness.synth.backends import BackendSpec, make_backend
     from harness.variants import get_variant
     from tasks.registry import resolve_tasks
 
@@ -56,9 +60,16 @@ def run(args: argparse.Namespace) -> int:
     bspec = BackboneSpec(family=args.backbone, config=parse_sets(args.set), path=args.backbone_path)
     vspec = VariantSpec(name=args.variant, config=parse_sets(args.variant_set, "--variant-set"))
     variant = get_variant(vspec.name)
-    backend = make_backend({"kind": ANSWERERS[args.answerer], **parse_sets(args.answerer_set, "--answerer-set")})
-    answerer = Answerer(backend, None, max_new_tokens=args.max_new_tokens)
-    answerer.store = _store(results, answerer.tag())
+    spec = BackendSpec.model_validate({"kind": ANSWERERS.get(args.answerer, "hf"),
+                                       **parse_sets(args.answerer_set, "--answerer-set")})
+    family = saved_family(bspec.path) if bspec.path else bspec.family
+    if args.answerer == SELF and not hasattr(backbone_class(family), "answer_backend"):
+        raise ConfigError(f"--answerer self: the {family} backbone cannot answer (it has no answer_backend: only a "
+                          f"backbone with its own language model can); choose {', '.join(sorted(ANSWERERS))}")
+    shared = None
+    if args.answerer != SELF:  # built before any training: a backend that cannot load fails early
+        shared = Answerer(make_backend(spec), None, max_new_tokens=args.max_new_tokens)
+        shared.store = store_for(results, shared)
     try:
         for task in resolve_tasks([task_spec(t) for t in args.task]):
             qa = answer_task(task)  # fails before any training when the task has no answers
@@ -76,21 +87,23 @@ def run(args: argparse.Namespace) -> int:
                            seed=args.seed, show_progress=not args.quiet)
             meta = encoder.mteb_model_meta
             ranking = ranking_for(results, meta.name, meta.revision, task.metadata.name)
-            for path in evaluate_answers(answerer, qa, results, ranking=ranking, model_name=meta.name,
-                                         revision=meta.revision, ks=args.k or [1, 3],
-                                         page_texts=getattr(encoder.model, "page_texts", None),
-                                         oracle=not args.no_oracle, no_retrieval=not args.no_baseline,
-                                         row={"backbone": backbone["tag"], "variant": variant_name}):
-                print(_line(path))
+            answerer = shared or Answerer(own_backend(encoder.model, spec), None, max_new_tokens=args.max_new_tokens)
+            if answerer is not shared:  # the backbone's own model (--answerer self)
+                answerer.store = store_for(results, answerer)
+            try:
+                for path in evaluate_answers(answerer, qa, results, ranking=ranking, model_name=meta.name,
+                                             revision=meta.revision, ks=args.k or [1, 3],
+                                             page_texts=getattr(encoder.model, "page_texts", None),
+                                             oracle=not args.no_oracle, no_retrieval=not args.no_baseline,
+                                             row={"backbone": backbone["tag"], "variant": variant_name}):
+                    print(_line(path))
+            finally:
+                if answerer is not shared:
+                    answerer.close()
     finally:
-        answerer.close()
+        if shared is not None:
+            shared.close()
     return 0
-
-
-def _store(results: Path, tag: str) -> Any:
-    from harness.synth.store import SynthStore
-
-    return SynthStore(results / "answers" / f"{tag}.jsonl")
 
 
 def _line(path: Path) -> str:
