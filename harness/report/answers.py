@@ -7,8 +7,10 @@ paired test of each row's per-query ANLS against the same backbone's base at the
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,8 @@ from harness.evaluate.significance import holm, paired_test
 from harness.io import atomic_write_text
 
 log = logging.getLogger("leaderboard")
-COLUMNS = ["answerer", "task", "k", "backbone", "variant", "queries", "em", "f1", "anls", "recall",
-           "delta_anls", "p_holm", "marker", "s_per_query", "prompt_tokens", "peak_rss_mb"]
+COLUMNS = ["answerer", "answerer_model", "task", "k", "backbone", "variant", "queries", "em", "f1", "anls", "recall",
+           "delta_anls", "p_holm", "marker", "s_per_query", "prompt_tokens", "peak_rss_mb", "peak_cuda_mb"]
 
 
 def collect(results_dir: str | Path) -> list[dict[str, Any]]:
@@ -47,11 +49,14 @@ def table(records: list[dict[str, Any]], *, n_permutations: int = 10_000, seed: 
     lines, tested = [], {}
     for (tag, backbone, variant, task, k), rec in by_key.items():
         s, cost = rec["scores"], rec["cost"]
-        lines.append({"answerer": tag, "task": task, "k": rec["k"], "backbone": backbone, "variant": variant,
+        who = rec.get("answerer") or {}
+        lines.append({"answerer": tag, "answerer_model": f"{who.get('kind', '?')} {who.get('model', '?')}",
+                      "task": task, "k": rec["k"], "backbone": backbone, "variant": variant,
                       "queries": rec["queries"], "em": s["em"], "f1": s["f1"], "anls": s["anls"],
                       "recall": s.get("recall"), "delta_anls": None, "p_holm": None, "marker": "",
                       "s_per_query": cost.get("seconds_per_query"),
-                      "prompt_tokens": cost.get("prompt_tokens_per_query"), "peak_rss_mb": cost.get("peak_rss_mb")})
+                      "prompt_tokens": cost.get("prompt_tokens_per_query"), "peak_rss_mb": cost.get("peak_rss_mb"),
+                      "peak_cuda_mb": cost.get("peak_cuda_mb")})
         base = by_key.get((tag, backbone, "base", task, k))
         if base is not None and variant not in ("base", "oracle", "no-retrieval"):
             result = paired_test({task: {q: v["anls"] for q, v in base["per_query"].items()}},
@@ -91,13 +96,32 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write(results_dir: str | Path, out_dir: str | Path, **options: Any) -> list[Path]:
-    """leaderboard_answers.md and .csv when the results hold answer records; nothing otherwise."""
+def load(results_dir: str | Path, *, tasks: Collection[str] | None = None, backbones: Sequence[str] = (),
+         **options: Any) -> pd.DataFrame | None:
+    """The answer table of a results folder (None when it has no answer records). ``tasks``: keep only these (the
+    retrieval board's tasks after its filters); ``backbones``: glob patterns on the backbone tag (the oracle and
+    no-retrieval lines stay). The tests run before these filters, as the retrieval board's do."""
     records = collect(results_dir)
     if not records:
-        return []
+        return None
     frame = table(records, **options)
+    if tasks is not None:
+        frame = frame[frame.task.isin(list(tasks))]
+    if backbones:
+        frame = frame[[b == "-" or any(fnmatch.fnmatchcase(b, p) for p in backbones) for b in frame.backbone]]
+    return None if frame.empty else frame
+
+
+def write_files(frame: pd.DataFrame | None, out_dir: str | Path) -> list[Path]:
+    """leaderboard_answers.md and .csv for an answer table; nothing for None."""
+    if frame is None:
+        return []
     out = Path(out_dir)
     md = atomic_write_text(out / "leaderboard_answers.md", "# Answer-level evaluation\n\n" + to_markdown(frame))
     csv = atomic_write_text(out / "leaderboard_answers.csv", frame.to_csv(index=False))
     return [md, csv]
+
+
+def write(results_dir: str | Path, out_dir: str | Path, **options: Any) -> list[Path]:
+    """leaderboard_answers.md and .csv when the results hold answer records; nothing otherwise."""
+    return write_files(load(results_dir, **options), out_dir)

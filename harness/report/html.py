@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from numbers import Real
 from pathlib import Path
 
+import pandas as pd
+
 from harness.report.board import Board
 from harness.report.render import Grid, grids, notes
 
@@ -100,22 +102,24 @@ def _figure(name: str, path: Path) -> str:
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def render(board: Board, plots: dict[str, Path], *, source: str = "", filters: str = "") -> str:
+def render(board: Board, plots: dict[str, Path], *, source: str = "", filters: str = "",
+           answers: pd.DataFrame | None = None) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>Leaderboard ({html.escape(board.view)})</h1>",
             f'<p class="meta">{html.escape(source)} · generated {when}'
             + (f" · {html.escape(filters)}" if filters else "") + " · click a header to sort</p>"]
-    for key, title, grid in grids(board):
+    for key, title, grid in grids(board, answers):
         body += [f"<h2>{html.escape(title)}</h2>", _table(key, grid)]
-    body.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes(board)) + "</ul>")
+    body.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes(board, answers)) + "</ul>")
     if plots:
         body += ["<h2>Plots</h2>", *[_figure(name, path) for name, path in plots.items()]]
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Leaderboard</title>'
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + f"\n<script>{JS}</script>\n</body></html>\n")
 
 
-def write_html(board: Board, plots: dict[str, Path], path: Path, **meta: str) -> Path:
+def write_html(board: Board, plots: dict[str, Path], path: Path, *, answers: pd.DataFrame | None = None,
+               **meta: str) -> Path:
     from harness.io import atomic_write_text
 
-    atomic_write_text(path, render(board, plots, **meta))
+    atomic_write_text(path, render(board, plots, answers=answers, **meta))
     return path

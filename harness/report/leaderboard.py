@@ -27,7 +27,9 @@ encoded); index bytes per page; query latency = encode + search ms per query (se
 
 Outputs (in --out, default the results folder): leaderboard.md, .csv, .tex, .html (self-contained, sortable,
 plots embedded), leaderboard_tests.csv (every paired test) and plots/*.png; a terminal table. Answer records
-(``harness answers``) add leaderboard_answers.md and .csv (harness/report/answers.py).
+(``harness answers``, a run's ``answers:``) add "Answers" tables after the retrieval tables in every output (terminal,
+.md, .tex, .html: one per answerer and task, rows per k, with time and memory per query) and leaderboard_answers.md
+and .csv (harness/report/answers.py); they follow --backbone and the tasks left by the other filters.
 """
 
 from __future__ import annotations
@@ -104,16 +106,19 @@ def run(args: argparse.Namespace) -> int:
     if board.table.empty:
         print(f"no results under {results_dir / 'mteb' / 'results'} (after filters)", file=sys.stderr)
         return 1
-    render.print_tables(board, Console())
-    written = render.write_text_outputs(board, out_dir)
-    from harness.report import answers  # answer-level rows (harness answers), when the results hold any
+    from harness.report import answers as answer_rows  # answer-level rows (harness answers / run), if any
 
-    written += answers.write(results_dir, out_dir, n_permutations=args.permutations, seed=args.seed)
+    answers = answer_rows.load(results_dir, tasks={e.task for e in board.entries}, backbones=args.backbone,
+                               n_permutations=args.permutations, seed=args.seed)
+    render.print_tables(board, Console(), answers)
+    written = render.write_text_outputs(board, out_dir, answers)
+    written += answer_rows.write_files(answers, out_dir)
     figures = {} if args.no_plots else plots.write_plots(board, results_dir, out_dir / "plots")
     chosen = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (
         ("benchmark", ",".join(args.benchmark)), ("backbone", ",".join(args.backbone)),
         ("in_domain", "" if args.in_domain == "include" else args.in_domain), ("reference", args.reference)) if v)
-    page = html.write_html(board, figures, out_dir / "leaderboard.html", source=str(results_dir), filters=chosen)
+    page = html.write_html(board, figures, out_dir / "leaderboard.html", source=str(results_dir), filters=chosen,
+                           answers=answers)
     written += [page, *figures.values()]
     if args.screenshot:
         from harness.report.browser import page_url, screenshot

@@ -1,10 +1,13 @@
-"""Leaderboard tables as cells (display text + sort key), and their terminal, Markdown, CSV and LaTeX forms."""
+"""Leaderboard tables as cells (display text + sort key), and their terminal, Markdown, CSV and LaTeX forms.
+``answers``: the answer-level table (harness/report/answers.py ``load``), shown as one "Answers" table per answerer
+and task after the retrieval tables; None (no answer records) leaves every output as it was."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +28,12 @@ LEGEND = {
     "costs": "Training wall time and synthetic-data LLM calls from the recipe's record; encode ms per page and "
              "per query exclude cached items; index size is float32 vectors per page; query latency is encode + "
              "search per query.",
+    "answers": "Answers: EM, token F1 and ANLS x 100 of the answerer's answers from each row's top-k pages (k gold: "
+               "the oracle row, the relevant pages given; k 0: no retrieval, the answerer alone); recall@k x 100 of "
+               "the pages given; Δ ANLS against the same backbone's base at the same task, k and answerer, p of the "
+               "paired permutation test on per-query ANLS, Holm-adjusted across the (task, k) cells of one "
+               "comparison; s/query: answerer time per query (a stored answer keeps the time it took); prompt "
+               "tokens per query; peak RSS of the whole process (retriever + answerer) over that k's queries.",
 }
 
 
@@ -157,7 +166,37 @@ def test_grid(board: Board) -> Grid:
     return header, rows
 
 
-def grids(board: Board) -> list[tuple[str, str, Grid]]:
+def answer_grids(answers: pd.DataFrame | None) -> list[tuple[str, str, Grid]]:
+    """One grid per (answerer, task) of the answer table, rows in its order (k, then the rows of each k)."""
+    if answers is None or answers.empty:
+        return []
+    cuda = answers.peak_cuda_mb.notna().any()
+    header = ["backbone", "variant", "k", "queries", "EM", "F1", "ANLS", "recall@k", "Δ ANLS vs base", "p (Holm)",
+              "s/query", "prompt tokens", "peak RSS", *(["peak CUDA"] if cuda else [])]
+    out = []
+    for i, ((tag, task), part) in enumerate(answers.groupby(["answerer", "task"], sort=False)):
+        rows = []
+        for _, r in part.iterrows():
+            k = str(r.k)
+            cells: list[Cell] = [(r.backbone, r.backbone), (r.variant, r.variant),
+                                 (k, float(k) if k.isdigit() else ""), (str(r.queries), r.queries)]
+            cells += [(fmt_score(r[m]), _key(r[m])) for m in ("em", "f1", "anls", "recall")]
+            cells += [("" if _nan(r.delta_anls) else fmt_delta(r.delta_anls) + r.marker, _key(r.delta_anls)),
+                      ("" if _nan(r.p_holm) else fmt_p(r.p_holm), _key(r.p_holm)),
+                      (fmt_number(r.s_per_query, 2), _key(r.s_per_query)),
+                      (fmt_number(r.prompt_tokens, 0), _key(r.prompt_tokens)),
+                      (fmt_bytes(r.peak_rss_mb * 2**20 if not _nan(r.peak_rss_mb) else math.nan),
+                       _key(r.peak_rss_mb))]
+            if cuda:
+                cells.append((fmt_bytes(r.peak_cuda_mb * 2**20 if not _nan(r.peak_cuda_mb) else math.nan),
+                              _key(r.peak_cuda_mb)))
+            rows.append(cells)
+        out.append((f"answers-{i}", f"Answers: {short_name(task)}, {part.answerer_model.iloc[0]} ({tag})",
+                     (header, rows)))
+    return out
+
+
+def grids(board: Board, answers: pd.DataFrame | None = None) -> list[tuple[str, str, Grid]]:
     """(key, title, grid) of every table the leaderboard shows, in order."""
     out = [("scores", "Scores", score_grid(board))]
     ref = reference_grid(board)
@@ -166,22 +205,24 @@ def grids(board: Board) -> list[tuple[str, str, Grid]]:
     out.append(("costs", "Costs", cost_grid(board)))
     if len(board.tests):
         out.append(("tests", "Paired tests", test_grid(board)))
-    return out
+    return out + answer_grids(answers)
 
 
-def notes(board: Board) -> list[str]:
+def notes(board: Board, answers: pd.DataFrame | None = None) -> list[str]:
     out = [LEGEND["scores"]]
     if board.reference:
         out.append(LEGEND["reference"])
     if any(c.in_domain for c in board.columns):
         out.append(LEGEND["in_domain"])
     out.append(LEGEND["costs"])
+    if answers is not None and not answers.empty:
+        out.append(LEGEND["answers"])
     return out
 
 
-def print_tables(board: Board, console: Console | None = None) -> None:
+def print_tables(board: Board, console: Console | None = None, answers: pd.DataFrame | None = None) -> None:
     console = console or Console()
-    for key, title, (header, rows) in grids(board):
+    for key, title, (header, rows) in grids(board, answers):
         if key == "tests":
             continue  # the detail is in the files; the markers are in the tables above
         rt = Table(title=f"Leaderboard: {title.lower()}" if key == "scores" else title)
@@ -191,7 +232,7 @@ def print_tables(board: Board, console: Console | None = None) -> None:
         for r in rows:
             rt.add_row(*[text for text, _ in r])
         console.print(rt)
-    for note in notes(board):
+    for note in notes(board, answers):
         console.print(note, style="dim")
 
 
@@ -199,15 +240,15 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def to_markdown(board: Board) -> str:
+def to_markdown(board: Board, answers: pd.DataFrame | None = None) -> str:
     parts = [f"# Leaderboard ({board.view})\n"]
-    for _, title, (header, rows) in grids(board):
+    for _, title, (header, rows) in grids(board, answers):
         parts.append(f"## {title}\n")
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "---|" * len(header))
         parts += ["| " + " | ".join(_md_cell(text) for text, _ in r) + " |" for r in rows]
         parts.append("")
-    parts += [f"- {note}" for note in notes(board)]
+    parts += [f"- {note}" for note in notes(board, answers)]
     return "\n".join(parts) + "\n"
 
 
@@ -219,16 +260,16 @@ def _tex(text: str) -> str:
     return "".join(TEX.get(ch, ch) for ch in text)
 
 
-def to_latex(board: Board) -> str:
+def to_latex(board: Board, answers: pd.DataFrame | None = None) -> str:
     """One booktabs table per grid (needs \\usepackage{booktabs})."""
     parts = ["% leaderboard: \\usepackage{booktabs}"]
-    for _, title, (header, rows) in grids(board):
+    for _, title, (header, rows) in grids(board, answers):
         parts += [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{_tex(title)}}}",
                   r"\begin{tabular}{" + "".join("l" if h in TEXT_COLUMNS else "r" for h in header) + "}", r"\toprule",
                   " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
         parts += [" & ".join(_tex(text) for text, _ in r) + r" \\" for r in rows]
         parts += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    parts += [f"% {note}" for note in notes(board)]
+    parts += [f"% {note}" for note in notes(board, answers)]
     return "\n".join(parts) + "\n"
 
 
@@ -244,11 +285,11 @@ def to_csv(board: Board) -> str:
     return table.to_csv(index=False)
 
 
-def write_text_outputs(board: Board, out_dir: Path) -> list[Path]:
+def write_text_outputs(board: Board, out_dir: Path, answers: pd.DataFrame | None = None) -> list[Path]:
     from harness.io import atomic_write_text
 
-    files = {"leaderboard.md": to_markdown(board), "leaderboard.csv": to_csv(board),
-             "leaderboard_tests.csv": board.tests.to_csv(index=False), "leaderboard.tex": to_latex(board)}
+    files = {"leaderboard.md": to_markdown(board, answers), "leaderboard.csv": to_csv(board),
+             "leaderboard_tests.csv": board.tests.to_csv(index=False), "leaderboard.tex": to_latex(board, answers)}
     for name, text in files.items():
         atomic_write_text(out_dir / name, text)
     return [out_dir / name for name in files]
