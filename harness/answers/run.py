@@ -44,7 +44,6 @@ class RunAnswers:
         self.spec, self.results, self.make = spec, Path(results_dir), make or make_backend
         self.store: SynthStore | None = None  # named after the first answerer built (the shared one in most runs)
         self._shared: Answerer | None = None
-        self._own: tuple[Any, Answerer] | None = None  # the last backbone's own answerer (one model at a time)
         self._tasks: dict[str, AnswerTask | None] = {}
         self._floors: set[tuple[str, str]] = set()  # (task, answerer tag) with oracle/no-retrieval written
 
@@ -59,16 +58,14 @@ class RunAnswers:
         return answerer
 
     def answerer(self, backbone: Any) -> Answerer:
-        """The backbone's own answerer when it has ``answer_backend``, else the run's shared one."""
-        if self._own is not None and self._own[0] is backbone:
-            return self._own[1]
+        """The backbone's own answerer when it has ``answer_backend`` (a new one: the caller drops it with the row,
+        so the row's model is not held), else the run's shared one."""
         backend = own_backend(backbone, self.spec.answerer)
-        if backend is None:
-            if self._shared is None:
-                self._shared = self._answerer(self.make(self.spec.answerer))
-            return self._shared
-        self._own = (backbone, self._answerer(backend))
-        return self._own[1]
+        if backend is not None:
+            return self._answerer(backend)
+        if self._shared is None:
+            self._shared = self._answerer(self.make(self.spec.answerer))
+        return self._shared
 
     def task(self, task: Any) -> AnswerTask | None:
         name = task.metadata.name
@@ -87,6 +84,7 @@ class RunAnswers:
         """Answer ``encoder``'s row on each task with answers; ``meta``: the model metadata its ranking is saved
         under (the searched one)."""
         paths: list[Path] = []
+        answerer = None  # built when a task needs it, once for all tasks of this row
         for task in tasks:
             qa = self.task(task)
             if qa is None:
@@ -96,7 +94,7 @@ class RunAnswers:
             except FileNotFoundError as exc:
                 log.warning("answers: %s/%s on %s not answered: %s", row["backbone"], row["variant"], qa.name, exc)
                 continue
-            answerer = self.answerer(encoder.model)
+            answerer = answerer or self.answerer(encoder.model)
             floor = (qa.name, answerer.tag())
             paths += evaluate_answers(answerer, qa, self.results, ranking=ranking, model_name=meta.name,
                                       revision=meta.revision, ks=self.spec.ks,
@@ -107,6 +105,6 @@ class RunAnswers:
         return paths
 
     def close(self) -> None:
-        self._own = self._shared = None
+        self._shared = None
         if self.store is not None:
             self.store.close()  # every answerer of the run wrote to it
