@@ -57,6 +57,7 @@ class AnswersSpec(Strict):
     # answers nothing, it is no error), on backbone indices (default: all).
     variants: list[AnsweredVariant] | None = None
     backbones: list[int] | None = None
+    tasks: list[int] | None = None  # indices into the run's tasks (default: every task whose queries carry answers)
     oracle: bool = True
     no_retrieval: bool = True
     max_new_tokens: int = Field(default=32, ge=1)
@@ -121,6 +122,8 @@ class RunConfig(Strict):
         for key, indices in lists.items():
             if bad := [b for b in indices or [] if not 0 <= b < len(self.backbones)]:
                 raise ValueError(f"{key}: no backbone with index {bad} (the run has {len(self.backbones)})")
+        if bad := [t for t in (self.answers.tasks or []) if not 0 <= t < len(self.tasks)] if self.answers else []:
+            raise ValueError(f"answers.tasks: no task with index {bad} (the run has {len(self.tasks)})")
         return self
 
     @field_validator("variants", mode="before")

@@ -200,7 +200,8 @@ def run(config: RunConfig, *, results: str | None = None, overwrite: bool | None
     tasks = resolve_tasks(config.tasks)
     check_task_names(tasks)
     outcomes: list[TaskOutcome] = []
-    answers = RunAnswers(config.answers, results_dir) if config.answers else None
+    answers = RunAnswers(config.answers, results_dir, tasks=None if config.answers.tasks is None else [
+        tasks[i].metadata.name for i in config.answers.tasks]) if config.answers else None
     try:
         _run_matrix(config, tasks, results_dir, overwrite, show_progress, outcomes, answers)
     finally:

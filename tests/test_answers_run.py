@@ -154,6 +154,8 @@ def test_run_answers_only_the_chosen_rows(qa_folder: Path, text_folder: Path, tm
     monkeypatch.setattr("harness.answers.run.make_backend", lambda spec: pytest.fail("no shared row is answered"))
     results = tmp_path / "results"
     answers = {"ks": [1], "variants": [{"name": "base", "backbones": [1]}, "svrag"], "no_retrieval": False}
+    run(_config(qa_folder, text_folder, {**answers, "tasks": [1]}), results=str(results))  # the task without answers
+    assert _records(results) == {} and not SelfAnsweringBm25.backends
     run(_config(qa_folder, text_folder, answers), results=str(results))
     assert set(_records(results)) == {("bm25-self", "base", "1"), ("-", "oracle", "gold")}
 
@@ -173,6 +175,7 @@ def test_answers_config_errors(tmp_path: Path) -> None:
                           ("{limit: 0}", "answers.limit: Input should be greater than or equal to 1"),
                           ("{k: [1]}", "answers.k: Extra inputs are not permitted"),
                           ("{backbones: [1]}", r"answers.backbones: no backbone with index \[1\]"),
+                          ("{tasks: [0, 1]}", r"answers.tasks: no task with index \[1\] \(the run has 1\)"),
                           ("{variants: [{name: base, backbones: [2]}]}", r"answers.variants.0.backbones: no backbone"),
                           ("{variants: [{name: base, layers: 2}]}", "answers.variants.0.layers: Extra inputs")]:
         with pytest.raises(ConfigError, match=message):

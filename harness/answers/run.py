@@ -11,7 +11,7 @@ store: answers are keyed by the backend's identity, so they are shared only wher
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,12 @@ def store_for(results_dir: Path, answerer: Answerer) -> SynthStore:
 
 class RunAnswers:
     """The answer hook of one run (see the module docstring). ``make``: how the shared answerer's backend is built
-    from the spec (tests pass a scripted one)."""
+    from the spec (tests pass a scripted one); ``tasks``: names of the tasks to answer (default: all)."""
 
     def __init__(self, spec: AnswersSpec, results_dir: str | Path,
-                 make: Callable[[BackendSpec], Any] | None = None) -> None:
+                 make: Callable[[BackendSpec], Any] | None = None, tasks: Collection[str] | None = None) -> None:
         self.spec, self.results, self.make = spec, Path(results_dir), make or make_backend
+        self.task_names = None if tasks is None else set(tasks)  # the run's tasks answered (answers.tasks)
         self.store: SynthStore | None = None  # named after the first answerer built (the shared one in most runs)
         self._shared: Answerer | None = None
         self._tasks: dict[str, AnswerTask | None] = {}
@@ -69,6 +70,8 @@ class RunAnswers:
 
     def task(self, task: Any) -> AnswerTask | None:
         name = task.metadata.name
+        if self.task_names is not None and name not in self.task_names:
+            return None
         if name not in self._tasks:
             try:
                 qa = answer_task(task)
