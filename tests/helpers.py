@@ -95,3 +95,57 @@ def tiny_gemma(folder: Path, seed: int = 0) -> Path:
     Gemma3ForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+            "<|video_pad|>"]
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+            "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|>"
+            "<|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def qwen_byte_tokenizer():  # noqa: ANN202
+    """A Qwen2 tokenizer over the 256 byte symbols plus the Qwen-VL special tokens, with a chat template."""
+    from tokenizers import AddedToken
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    vocab.update({tok: len(vocab) + i for i, tok in enumerate(SPECIALS)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS], special_tokens=True)
+    tok.chat_template = TEMPLATE
+    return tok, {t: vocab[t] for t in SPECIALS}, len(vocab)
+
+
+def tiny_qwen_vl(folder: Path) -> Path:
+    """A randomly initialised tiny Qwen2.5-VL (2 text layers of width 64, a 2-block vision tower) with a byte-level
+    tokenizer and a chat template, saved as a transformers folder."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+    from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
+
+    torch.manual_seed(0)
+    tok, ids, n = qwen_byte_tokenizer()
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4,
+                                                                          max_pixels=28 * 28 * 16),
+                                    tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=TEMPLATE)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           fullatt_block_indexes=[1], window_size=56),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -14,26 +14,7 @@ from harness.backbones.base import Page
 from harness.synth import operations as ops
 from harness.synth.backends import BackendSpec, GenParams, Prompt, make_backend
 from harness.synth.store import SynthStore
-
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-            "<|video_pad|>"]
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-            "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|>"
-            "<|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def _tokenizer():  # noqa: ANN202
-    from tokenizers import AddedToken
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import Qwen2Tokenizer
-
-    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
-    vocab.update({tok: len(vocab) + i for i, tok in enumerate(SPECIALS)})
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
-    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS], special_tokens=True)
-    tok.chat_template = TEMPLATE
-    return tok, {t: vocab[t] for t in SPECIALS}, len(vocab)
+from helpers import qwen_byte_tokenizer, tiny_qwen_vl
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +24,7 @@ def text_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llm")
-    tok, ids, n = _tokenizer()
+    tok, ids, n = qwen_byte_tokenizer()
     config = Qwen2Config(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=ids["<|endoftext|>"],
                          eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
@@ -54,34 +35,7 @@ def text_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import (
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
-    from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-vlm")
-    tok, ids, n = _tokenizer()
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28 * 4,
-                                                                          max_pixels=28 * 28 * 16),
-                                    tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=TEMPLATE)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=n, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           fullatt_block_indexes=[1], window_size=56),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return tiny_qwen_vl(tmp_path_factory.mktemp("tiny-vlm"))
 
 
 def test_text_llm_from_a_folder(text_llm: Path, tmp_path: Path) -> None:

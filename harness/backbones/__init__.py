@@ -20,6 +20,7 @@ FAMILIES: dict[str, str] = {
     "tiny": "harness.backbones.tiny:TinyBackbone",
     "bm25": "harness.backbones.bm25:Bm25Backbone",
     "llm-text": "harness.backbones.llm_text:LlmTextBackbone",
+    "llm-vision": "harness.backbones.llm_vision:LlmVisionBackbone",
 }
 
 __all__ = ["FAMILIES", "Backbone", "BackboneConfig", "Page", "Trainable", "backbone_class",
@@ -27,7 +28,7 @@ __all__ = ["FAMILIES", "Backbone", "BackboneConfig", "Page", "Trainable", "backb
 # Settings a backbone's tag (describe()) already shows, and settings that change speed but not scores: neither
 # belongs in the settings a leaderboard row names.
 IN_TAG = {"ocr-text": {"encoder", "mode"}, "colpali": {"model", "adapter"}, "tiny": {"arch", "seed"},
-          "llm-text": {"model", "gguf_file"}}
+          "llm-text": {"model", "gguf_file"}, "llm-vision": {"model"}}
 SPEED_ONLY = {"ocr_workers", "chunk_batch", "page_batch", "device", "attn_implementation"}
 
 

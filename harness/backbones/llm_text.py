@@ -62,7 +62,68 @@ def resolve_llm(config: LlmTextConfig) -> tuple[str, str]:
     return config.model, config.model
 
 
-class LlmTextBackbone(OcrPages, Backbone):
+def init_projection(hidden: int, dim: int, seed: int) -> torch.nn.Linear:
+    """Linear(hidden, dim), no bias, seeded: two builds of the same config are the same untrained model."""
+    projection = torch.nn.Linear(hidden, dim, bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(torch.randn(dim, hidden, generator=torch.Generator().manual_seed(seed))
+                                * hidden ** -0.5)
+    return projection
+
+
+class LmRetriever(Backbone):
+    """What the llm-text and llm-vision backbones share: ``self.lm`` (a transformers causal or image-text-to-text
+    model), ``self.tokenizer`` and ``self.projection``; token vectors = projected, L2-normalised states of the tokens
+    ``token_states`` keeps; the LM is what answers (``answer_backend``) and what LoRA adapts."""
+
+    lm: Any
+    tokenizer: Any
+    projection: torch.nn.Linear
+
+    def _tokens(self, texts: Sequence[str], max_length: int) -> dict[str, Any]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def query_inputs(self, texts: Sequence[str]) -> dict[str, Any]:
+        return self._tokens(texts, self.config.query_max_tokens)  # type: ignore[attr-defined]
+
+    @property
+    def state_dim(self) -> int:
+        return self.lm.config.get_text_config().hidden_size
+
+    def _forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        states, keep = self.token_states(inputs)
+        vecs = F.normalize(self.projection(states.to(self.projection.weight.dtype)), dim=-1)
+        return vecs * keep.unsqueeze(-1), keep
+
+    def forward_queries(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(inputs)
+
+    def forward_pages(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(inputs)
+
+    def trainable(self) -> Trainable:
+        return Trainable(lora_targets=list(LORA_TARGETS), heads={"projection": self.projection})
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        self.lm.save_pretrained(path / "lm")
+        (getattr(self, "processor", None) or self.tokenizer).save_pretrained(path / "lm")
+        torch.save(self.projection.state_dict(), path / "projection.pt")
+        write_backbone_file(path, self.family, self.config)
+
+    @classmethod
+    def load(cls, path: Path) -> LmRetriever:
+        path = Path(path)
+        config = cls.config_class(**json.loads((path / "backbone.json").read_text())["config"])
+        backbone = cls(config, lm_dir=str(path / "lm"))  # type: ignore[call-arg]
+        state = torch.load(path / "projection.pt", map_location="cpu", weights_only=True)
+        backbone.projection.load_state_dict(state, strict=True)
+        return backbone
+
+
+class LlmTextBackbone(OcrPages, LmRetriever):
     family = "llm-text"
     config_class = LlmTextConfig
     config: LlmTextConfig
@@ -77,11 +138,8 @@ class LlmTextBackbone(OcrPages, Backbone):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lm = AutoModelForCausalLM.from_pretrained(lm_dir or source, revision=revision, dtype=torch.float32)
         self.lm.eval()
-        hidden = self.lm.config.get_text_config().hidden_size
-        generator = torch.Generator().manual_seed(config.projection_seed)
-        self.projection = torch.nn.Linear(hidden, config.dim, bias=False)
-        with torch.no_grad():  # seeded, so two builds of the same config are the same untrained model
-            self.projection.weight.copy_(torch.randn(config.dim, hidden, generator=generator) * hidden ** -0.5)
+        self.projection = init_projection(self.lm.config.get_text_config().hidden_size, config.dim,
+                                          config.projection_seed)
         self._special = sorted(set(self.tokenizer.all_special_ids))
 
     def describe(self) -> str:
@@ -94,24 +152,12 @@ class LlmTextBackbone(OcrPages, Backbone):
         if images:
             self.ocr(images)
 
-    def _tokens(self, texts: Sequence[str], max_length: int) -> dict[str, Any]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                             return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-    def query_inputs(self, texts: Sequence[str]) -> dict[str, Any]:
-        return self._tokens(texts, self.config.query_max_tokens)
-
     def page_inputs(self, pages: Sequence[Page]) -> dict[str, Any]:
         return self._tokens(self.page_texts(pages), self.config.max_page_tokens)
 
     # --- forward ------------------------------------------------------------------------------
     def _decoder(self) -> torch.nn.Module:
         return self.lm.get_decoder()
-
-    @property
-    def state_dim(self) -> int:
-        return self.lm.config.get_text_config().hidden_size
 
     def token_states(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The language model's last hidden states (after its final norm) and the mask of the tokens kept."""
@@ -121,16 +167,6 @@ class LlmTextBackbone(OcrPages, Backbone):
         empty = ~keep.any(dim=1)  # an empty text (a picture-only page) keeps its special tokens: one vector at least
         keep[empty] = attention[empty].bool()
         return states.float(), keep
-
-    def _forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        states, keep = self.token_states(inputs)
-        return F.normalize(self.projection(states), dim=-1) * keep.unsqueeze(-1), keep
-
-    def forward_queries(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(inputs)
-
-    def forward_pages(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(inputs)
 
     @torch.inference_mode()
     def encode_pages(self, pages: Sequence[Page], batch_size: int = 8) -> list[torch.Tensor]:
@@ -162,23 +198,3 @@ class LlmTextBackbone(OcrPages, Backbone):
             instruct = False if self.config.model == PACKAGED_LLM else bool(self.tokenizer.chat_template)
         return AdapterOffBackend(self.lm, self.tokenizer, self.lm_name, instruct=bool(instruct),
                                  max_page_tokens=int(spec.get("max_page_tokens") or 512))
-
-    # --- training and persistence -------------------------------------------------------------
-    def trainable(self) -> Trainable:
-        return Trainable(lora_targets=list(LORA_TARGETS), heads={"projection": self.projection})
-
-    def save(self, path: Path) -> None:
-        path = Path(path)
-        self.lm.save_pretrained(path / "lm")
-        self.tokenizer.save_pretrained(path / "lm")
-        torch.save(self.projection.state_dict(), path / "projection.pt")
-        write_backbone_file(path, self.family, self.config)
-
-    @classmethod
-    def load(cls, path: Path) -> LlmTextBackbone:
-        path = Path(path)
-        config = LlmTextConfig(**json.loads((path / "backbone.json").read_text())["config"])
-        backbone = cls(config, lm_dir=str(path / "lm"))
-        state = torch.load(path / "projection.pt", map_location="cpu", weights_only=True)
-        backbone.projection.load_state_dict(state, strict=True)
-        return backbone

@@ -197,10 +197,11 @@ class AdapterOffBackend(HFBackend):
     with its LoRA adapter disabled, i.e. as the base model. Its identity is what ``HFBackend`` reports for the same
     weights and settings, so the two share answer caches (tests/test_svrag.py checks the logits are the base's)."""
 
-    def __init__(self, net: Any, tokenizer: Any, model_name: str, *, instruct: bool,
-                 max_page_tokens: int = 512) -> None:
+    def __init__(self, net: Any, tokenizer: Any, model_name: str, *, instruct: bool, max_page_tokens: int = 512,
+                 processor: Any = None) -> None:
         self.model_name = self.model = model_name
-        self.sees_images, self.processor, self.instruct = False, None, instruct
+        # a VLM's processor: the model sees the page images, as HFBackend(vision=True) does
+        self.sees_images, self.processor, self.instruct = processor is not None, processor, instruct
         self.net, self.tokenizer = net, tokenizer
         self.device = str(next(net.parameters()).device)
         self.pages = PageText(max_page_tokens)
