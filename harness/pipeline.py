@@ -14,7 +14,7 @@ import torch
 from mteb.abstasks import AbsTask
 from pydantic import BaseModel, ValidationError
 
-from harness.answers.run import RunAnswers
+from harness.answers.run import RunAnswers, backbone_label
 from harness.backbones import Backbone, Page, build_backbone, load_backbone, saved_family
 from harness.backbones.bm25 import Bm25Backbone
 from harness.config import BackboneSpec, ConfigError, RunConfig, VariantSpec, format_errors
@@ -243,4 +243,4 @@ def _run_matrix(config: RunConfig, tasks: list[AbsTask], results_dir: Path, over
                         seed=config.seed, overwrite=overwrite, show_progress=show_progress, search=search)
                     if answers is not None and si == 0 and answers.wants([variant.name, label], bi):
                         answers(encoder, eval_tasks, meta=searched_meta(encoder.mteb_model_meta, search),
-                                row={"backbone": encoder.model.describe(), "variant": label})
+                                row={"backbone": backbone_label(encoder.model), "variant": label})

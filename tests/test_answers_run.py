@@ -201,3 +201,17 @@ def test_answers_command_self(qa_folder: Path, tmp_path: Path, self_family: None
     record = json.loads(Path(lines[0].split("\t")[-1]).read_text())
     assert record["answerer"]["kind"] == "own" and record["scores"]["em"] == 0.75  # "million" vs "1204 million"
     assert [p.name for p in (results / "answers").iterdir()] == [f"{record['answerer_tag']}.jsonl"]
+
+
+def test_answer_rows_are_named_like_the_retrieval_rows(qa_folder: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two configurations of one backbone (same tag) are two answer rows, named as the leaderboard names them."""
+    from harness.report.results import collect
+
+    monkeypatch.setattr("harness.answers.run.make_backend", lambda spec: Scripted())
+    results = tmp_path / "results"
+    config = RunConfig(backbones=[{"family": "bm25"}, {"family": "bm25", "config": {"k1": 1.2}}], variants=["base"],
+                       tasks=[str(qa_folder)], answers={"ks": [1], "oracle": False, "no_retrieval": False})
+    run(config, results=str(results))
+    assert set(_records(results)) == {("bm25", "base", "1"), ("bm25 [k1=1.2]", "base", "1")}
+    assert {e.backbone for e in collect(results)} == {"bm25", "bm25 [k1=1.2]"}

@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.answers.answerer import Answerer
     from harness.answers.evaluate import answer_task, evaluate_answers, ranking_for
-    from harness.answers.run import own_backend, store_for
+    from harness.answers.run import backbone_label, own_backend, store_for
     from harness.backbones import backbone_class, saved_family
     from harness.cli_args import parse_sets, task_spec
     from harness.config import BackboneSpec, ConfigError, VariantSpec
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                                              revision=meta.revision, ks=args.k or [1, 3],
                                              page_texts=getattr(encoder.model, "page_texts", None),
                                              oracle=not args.no_oracle, no_retrieval=not args.no_baseline,
-                                             row={"backbone": backbone["tag"], "variant": variant_name}):
+                                             row={"backbone": backbone_label(encoder.model),
+                                                  "variant": variant_name}):
                     print(_line(path))
             finally:
                 if answerer is not shared:

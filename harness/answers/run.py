@@ -31,6 +31,15 @@ def own_backend(backbone: Any, spec: BackendSpec) -> Any | None:
     return method(spec.model_dump()) if callable(method) else None
 
 
+def backbone_label(backbone: Any) -> str:
+    """The backbone's name on the leaderboard: its tag plus the non-default settings it does not show (as the
+    retrieval rows, harness/report/results.py), so that two configurations of one backbone stay two answer rows."""
+    from harness.backbones import settings_label
+
+    label = settings_label(backbone.family, backbone.config.model_dump(mode="json"))
+    return f"{backbone.describe()} {label}" if label else backbone.describe()
+
+
 def store_for(results_dir: Path, answerer: Answerer) -> SynthStore:
     return SynthStore(Path(results_dir) / "answers" / f"{answerer.tag()}.jsonl")
 
