@@ -183,7 +183,7 @@ class Backbone(torch.nn.Module, ABC):
         h.update(json.dumps(self.config.model_dump(mode="json"), sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # hashed in place, not copied
         return h.hexdigest()[:16]
 
     def describe(self) -> str:
