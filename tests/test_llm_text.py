@@ -58,3 +58,6 @@ def test_lora_targets_the_decoder(lm: Path) -> None:
     for part in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert any(f"{part}.lora_A" in n for n in trainable), part
     assert not any("embed_tokens" in n for n in trainable)
+    assert backbone.lm.is_gradient_checkpointing  # training keeps layer inputs only (memory)
+    assert not build_backbone("llm-text", {"model": str(lm), "gradient_checkpointing": False}).lm \
+        .is_gradient_checkpointing

@@ -29,7 +29,7 @@ __all__ = ["FAMILIES", "Backbone", "BackboneConfig", "Page", "Trainable", "backb
 # belongs in the settings a leaderboard row names.
 IN_TAG = {"ocr-text": {"encoder", "mode"}, "colpali": {"model", "adapter"}, "tiny": {"arch", "seed"},
           "llm-text": {"model", "gguf_file"}, "llm-vision": {"model"}}
-SPEED_ONLY = {"ocr_workers", "chunk_batch", "page_batch", "device", "attn_implementation"}
+SPEED_ONLY = {"ocr_workers", "chunk_batch", "page_batch", "device", "attn_implementation", "gradient_checkpointing"}
 
 
 class BackboneError(ValueError):

@@ -20,7 +20,7 @@ from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from harness.backbones.base import BackboneConfig, Page, Trainable
-from harness.backbones.llm_text import LORA_TARGETS, LmRetriever, init_projection
+from harness.backbones.llm_text import LORA_TARGETS, LmRetriever, enable_checkpointing, init_projection
 
 
 class LlmVisionConfig(BackboneConfig):
@@ -32,6 +32,7 @@ class LlmVisionConfig(BackboneConfig):
     page_prompt: str = "What is shown on this page?"  # the text beside the image in the user turn
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: bfloat16 on a GPU, float32 on CPU
     device: str | None = None  # None: cuda when there is one
+    gradient_checkpointing: bool = True  # as llm-text: less memory when training, same scores
 
 
 class LlmVisionBackbone(LmRetriever):
@@ -50,6 +51,8 @@ class LlmVisionBackbone(LmRetriever):
         self.tokenizer.padding_side = "right"
         self.lm = AutoModelForImageTextToText.from_pretrained(source, revision=revision, dtype=dtype).to(device)
         self.lm.eval()
+        if config.gradient_checkpointing:
+            enable_checkpointing(self.lm)
         self.lm_name = config.model
         self.projection = init_projection(self.lm.config.get_text_config().hidden_size, config.dim,
                                           config.projection_seed).to(device)
