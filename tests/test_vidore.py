@@ -217,3 +217,63 @@ def test_a_mirror_at_another_revision_is_recorded(tmp_path: Path, pages: tuple[d
     [task] = resolve_task({"name": "VidoreDocVQARetrieval", "local_dir": str(tmp_path)})
     assert task.metadata.dataset["revision"] == "f" * 40
     assert f"holds revision {'f' * 40}, mteb pins {pin}" in caplog.text
+
+
+def test_v3_answers_from_the_queries_answer_column(tmp_path: Path, pages: tuple[dict, dict, dict]) -> None:
+    """Answer evaluation on an mteb task: a ViDoRe v3 mirror whose queries carry an ``answer`` column gives the
+    english subset's questions, references, qrels and (lazily decoded) page images; one subset's saved ranking."""
+    import gzip
+
+    from harness.answers.evaluate import AnswerTaskError, answer_task, evaluate_answers, ranking_for
+    from harness.evaluate.records import record_path
+    from harness.synth.backends import Generation
+
+    images, queries, qrels = pages
+    name = "Vidore3ComputerScienceRetrieval"
+    subsets = list(mteb.get_task(name).hf_subsets)
+    chosen = {s: {f"{q}-{s}": t for q, t in list(queries.items())[:4]} for s in subsets}
+    task_qrels = {q: qrels[q.rsplit("-", 1)[0]] for s in subsets for q in chosen[s]}
+    english = list(chosen["english"])
+    answers = {q: f"answer of {q}" for s in subsets for q in chosen[s]} | {english[0]: ""}  # one without an answer
+    write_task_mirror(mteb.get_task(name), tmp_path / "m", images, chosen, task_qrels, answers=answers)
+    [task] = resolve_task({"name": name, "local_dir": str(tmp_path / "m")})
+    qa = answer_task(task)
+    assert qa.subset == "english" and list(qa.questions) == english[1:]
+    assert qa.answers[english[1]] == [f"answer of {english[1]}"] and qa.qrels[english[1]] == task_qrels[english[1]]
+    assert len(qa.pages) == len(images) and qa.pages[next(iter(images))].image.size == (500, 650)
+    assert list(answer_task(task, "german").questions) == list(chosen["german"])
+    with pytest.raises(AnswerTaskError, match="no subset 'klingon'"):
+        answer_task(task, "klingon")
+
+    class FirstPageId:  # answers with the id of the first page it sees
+        kind, model, instruct, sees_images, parallelism = "scripted", "scripted", True, True, 1
+
+        def describe(self) -> dict:
+            return {"kind": "scripted"}
+
+        def prepare(self, pages: object) -> None:
+            pass
+
+        def generate(self, prompts: list, params: object, seeds: object = None) -> list[Generation]:
+            return [Generation(p.pages[0].id if p.pages else "none", 5, 2) for p in prompts]
+
+    from harness.answers.answerer import Answerer
+
+    [oracle] = evaluate_answers(Answerer(FirstPageId()), qa, tmp_path / "results", no_retrieval=False)
+    record = json.loads(oracle.read_text())
+    assert record["scores"]["recall"] == 1.0 and record["queries"] == 3
+    assert {q: r["answer"] for q, r in record["per_query"].items()} == {
+        q: sorted(d for d, s in task_qrels[q].items() if s > 0)[0] for q in english[1:]}
+
+    # one subset's saved ranking (a multilingual run keeps one per language)
+    path = record_path(tmp_path / "results", "m", "r", name).with_suffix(".run.json.gz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        json.dump({"english/test": {"q": {"a": 1.0}}, "french/test": {"q": {"b": 1.0}}}, f)
+    assert ranking_for(tmp_path / "results", "m", "r", name, "french") == {"q": {"b": 1.0}}
+
+    plain = tmp_path / "plain"  # the same task without answers: a clear error
+    write_task_mirror(mteb.get_task(name), plain, images, chosen, task_qrels)
+    [task] = resolve_task({"name": name, "local_dir": str(plain)})
+    with pytest.raises(AnswerTaskError, match="carry no reference answers"):
+        answer_task(task)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                            backbone=backbone, run_config={"run": "answers", "variant_config": vspec.config},
                            seed=args.seed, show_progress=not args.quiet)
             meta = encoder.mteb_model_meta
-            ranking = ranking_for(results, meta.name, meta.revision, task.metadata.name)
+            ranking = ranking_for(results, meta.name, meta.revision, task.metadata.name, qa.subset)
             answerer = shared or Answerer(own_backend(encoder.model, spec), None, max_new_tokens=args.max_new_tokens)
             if answerer is not shared:  # the backbone's own model (--answerer self)
                 answerer.store = store_for(results, answerer)

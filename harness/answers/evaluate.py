@@ -16,7 +16,7 @@ import json
 import logging
 import resource
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,27 +46,36 @@ class AnswerTask:
     questions: dict[str, str]
     answers: dict[str, list[str]]
     qrels: dict[str, dict[str, int]]
-    pages: dict[str, Page]
+    pages: Mapping[str, Page]
     identity: dict[str, Any]
+    subset: str | None = None  # an mteb task's subset (a ViDoRe v3 language) whose queries these are
 
 
-def answer_task(task: Any) -> AnswerTask:
-    """A BEIR-folder task whose queries carry ``metadata.answer`` (a string, or a list of accepted strings): the
-    generated task and mmlongbench_dev do. Queries without an answer are left out (and counted in the log)."""
+def _references(ref: Any, where: str) -> list[str] | None:
+    """Accepted answers from a string or a list of strings; None when there is none; anything else is an error."""
+    if isinstance(ref, str):
+        return [ref] if ref.strip() else None
+    if isinstance(ref, list) and ref and all(isinstance(r, str) for r in ref):
+        return list(ref)
+    if ref is None or (isinstance(ref, list) and not ref):
+        return None
+    raise AnswerTaskError(f"{where} must be a string or a list of strings, got {type(ref).__name__}")
+
+
+def answer_task(task: Any, subset: str | None = None) -> AnswerTask:
+    """A task whose queries carry reference answers (a string, or a list of accepted strings): a BEIR-folder task
+    with ``metadata.answer`` (the generated task and mmlongbench_dev), or an mteb task whose queries have an
+    ``answer`` column (ViDoRe v3 where the dataset carries one; one subset, by default english). Queries without an
+    answer are left out (and counted in the log)."""
     data = getattr(task, "data", None)
     name = task.metadata.name
     if data is None or not hasattr(data, "query_metadata"):
-        raise AnswerTaskError(f"{name}: answer evaluation needs a BEIR-folder task with metadata.answer per query")
+        return _mteb_answer_task(task, subset)
     answers: dict[str, list[str]] = {}
     for qid, meta in data.query_metadata.items():
-        ref = (meta or {}).get("answer")
-        if isinstance(ref, str) and ref.strip():
-            answers[qid] = [ref]
-        elif isinstance(ref, list) and ref and all(isinstance(r, str) for r in ref):
-            answers[qid] = list(ref)
-        elif ref is not None:
-            raise AnswerTaskError(f"{data.root / 'queries.jsonl'}: query {qid!r}: metadata.answer must be a string "
-                                  f"or a list of strings, got {type(ref).__name__}")
+        refs = _references((meta or {}).get("answer"), f"{data.root / 'queries.jsonl'}: query {qid!r}: metadata.answer")
+        if refs:
+            answers[qid] = refs
     answers = {q: a for q, a in answers.items() if q in data.queries}
     if not answers:
         raise AnswerTaskError(f"{data.root / 'queries.jsonl'}: no query of split {data.split!r} has metadata.answer")
@@ -79,13 +88,66 @@ def answer_task(task: Any) -> AnswerTask:
                       {q: dict(data.qrels.get(q, {})) for q in answers}, pages, task_identity(task))
 
 
-def ranking_for(results_dir: str | Path, model_name: str, revision: str, task_name: str) -> dict[str, dict[str, float]]:
-    """A model's saved top-100 ranking per query (all subsets/splits merged; a BEIR folder has one)."""
+class _CorpusPages(Mapping[str, Page]):
+    """An mteb corpus as pages, each row read (and its image decoded) only when a page is asked for."""
+
+    def __init__(self, corpus: Any) -> None:
+        self.corpus = corpus
+        self.row = {pid: i for i, pid in enumerate(corpus["id"])}
+
+    def __getitem__(self, pid: str) -> Page:
+        row = self.corpus[self.row[pid]]
+        return Page(id=pid, image=row.get("image"), text=row.get("text") or None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.row)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def _mteb_answer_task(task: Any, subset: str | None) -> AnswerTask:
+    name = task.metadata.name
+    if getattr(task, "dataset", None) is None:
+        task.load_data()
+    subsets = list(task.dataset)
+    chosen = subset or ("english" if "english" in subsets else "default" if "default" in subsets else subsets[0])
+    if chosen not in subsets:
+        raise AnswerTaskError(f"{name}: no subset {chosen!r} (subsets: {', '.join(subsets)})")
+    split = task.metadata.eval_splits[0]
+    part = task.dataset[chosen][split]
+    queries = part["queries"]
+    if "answer" not in queries.column_names:
+        raise AnswerTaskError(f"{name} ({chosen}): its queries carry no reference answers (columns: "
+                              f"{', '.join(queries.column_names)}); answer evaluation needs an 'answer' column")
+    answers, questions = {}, {}
+    for row in queries:
+        refs = _references(row["answer"], f"{name} ({chosen}): query {row['id']!r}: answer")
+        if refs:
+            answers[row["id"]], questions[row["id"]] = refs, row["text"]
+    if not answers:
+        raise AnswerTaskError(f"{name} ({chosen}): no query has a reference answer")
+    if len(answers) < len(queries):
+        log.warning("%s (%s): %d of %d queries have no reference answer: left out", name, chosen,
+                    len(queries) - len(answers), len(queries))
+    qrels = part["relevant_docs"]
+    return AnswerTask(name, questions, answers, {q: dict(qrels.get(q, {})) for q in answers},
+                      _CorpusPages(part["corpus"]), task_identity(task), subset=chosen)
+
+
+def ranking_for(results_dir: str | Path, model_name: str, revision: str, task_name: str,
+                subset: str | None = None) -> dict[str, dict[str, float]]:
+    """A model's saved top-100 ranking per query: one subset's (``subset``), or all subsets/splits merged (a BEIR
+    folder has one)."""
     path = record_path(Path(results_dir), model_name, revision, task_name).with_suffix(".run.json.gz")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no saved ranking; evaluate the model on {task_name} first")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         runs = json.load(f)
+    if subset is not None:
+        runs = {key: run for key, run in runs.items() if key.split("/", 1)[0] == subset}
+        if not runs:
+            raise FileNotFoundError(f"{path}: no saved ranking of subset {subset!r}")
     return {qid: docs for run in runs.values() for qid, docs in run.items()}
 
 

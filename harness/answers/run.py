@@ -102,7 +102,7 @@ class RunAnswers:
             if qa is None:
                 continue
             try:
-                ranking = ranking_for(self.results, meta.name, meta.revision, qa.name)
+                ranking = ranking_for(self.results, meta.name, meta.revision, qa.name, qa.subset)
             except FileNotFoundError as exc:
                 log.warning("answers: %s/%s on %s not answered: %s", row["backbone"], row["variant"], qa.name, exc)
                 continue

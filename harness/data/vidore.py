@@ -57,12 +57,14 @@ def _readme(configs: list[str], split: str) -> str:
 
 def write_task_mirror(task: AbsTask, mirror: str | Path, pages: Mapping[str, str | Path],
                       queries: Mapping[str, Mapping[str, str]], qrels: Qrels, split: str = "test",
-                      texts: Mapping[str, str] | None = None) -> Path:
+                      texts: Mapping[str, str] | None = None,
+                      answers: Mapping[str, str | list[str]] | None = None) -> Path:
     """Write ``task``'s dataset under ``<mirror>/<its hub path>`` in the layout its class loads.
 
     ``pages``: corpus id -> image file; ``queries``: subset (a language of the task, or ``default``) -> query id
     -> text; ``qrels``: query id -> corpus id -> score (over every subset's queries); ``texts``: corpus id -> page
-    text, a ``text`` column beside the image (ViDoRe v3.1 ships OCR markdown; empty where not given). Written to a
+    text, a ``text`` column beside the image (ViDoRe v3.1 ships OCR markdown; empty where not given); ``answers``:
+    query id -> reference answer(s), an ``answer`` column of the queries (v2/v3 layout). Written to a
     temporary folder, then renamed into place.
     """
     from datasets import Image, Value
@@ -106,9 +108,12 @@ def write_task_mirror(task: AbsTask, mirror: str | Path, pages: Mapping[str, str
                 corpus["text"] = [(texts or {}).get(d, "") for d in pages]
                 features["text"] = Value("string")
             _write_config(tmp, f"{prefix}corpus", split, corpus, features)
-            _write_config(tmp, f"{prefix}queries", split,
-                          {"id": list(queries[subset]), "text": list(queries[subset].values())},
-                          {"id": Value("string"), "text": Value("string")})
+            rows, features = ({"id": list(queries[subset]), "text": list(queries[subset].values())},
+                              {"id": Value("string"), "text": Value("string")})
+            if answers is not None:
+                rows["answer"] = [answers.get(q, "") for q in queries[subset]]
+                features["answer"] = Value("string")
+            _write_config(tmp, f"{prefix}queries", split, rows, features)
             in_subset = {i for i, q in enumerate(qrel_rows["query-id"]) if q in queries[subset]}
             _write_config(tmp, f"{prefix}qrels", split, {k: [v[i] for i in sorted(in_subset)]
                                                          for k, v in qrel_rows.items()}, qrel_features)
