@@ -175,7 +175,7 @@ class LlmTextBackbone(OcrPages, LmRetriever):
     def token_states(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The language model's last hidden states (after its final norm) and the mask of the tokens kept."""
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
-        states = self._decoder()(input_ids=ids, attention_mask=attention).last_hidden_state
+        states = self._decoder()(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
         keep = attention.bool() & ~torch.isin(ids, torch.tensor(self._special, device=ids.device))
         empty = ~keep.any(dim=1)  # an empty text (a picture-only page) keeps its special tokens: one vector at least
         keep[empty] = attention[empty].bool()

@@ -72,7 +72,7 @@ class LlmVisionBackbone(LmRetriever):
 
     def token_states(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Last hidden states of the chat model (image tokens included for pages) and the non-padding mask."""
-        states = self.lm.base_model(**inputs).last_hidden_state
+        states = self.lm.base_model(**inputs, use_cache=False).last_hidden_state  # no KV cache to build
         return states.float(), inputs["attention_mask"].bool()
 
     def answer_backend(self, spec: dict[str, Any] | None = None) -> Any:
