@@ -183,6 +183,19 @@ def build_model(variant: Variant, backbone_spec: BackboneSpec, vspec: VariantSpe
     return encoder
 
 
+def release_memory() -> None:
+    """Between rows: drop the finished row's model and give freed heap back to the OS (glibc keeps freed arenas
+    otherwise, and a run of several models then holds each one's peak)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def searches_for(model: HarnessEncoder | Bm25Search, searches: list[str]) -> list[SearchSpec]:
     """The run's search strategies that apply to ``model``: all of them for vector models, exhaustive for bm25."""
     specs = [SearchSpec.parse(s) for s in dict.fromkeys(searches)]
@@ -244,3 +257,5 @@ def _run_matrix(config: RunConfig, tasks: list[AbsTask], results_dir: Path, over
                     if answers is not None and si == 0 and answers.wants([variant.name, label], bi):
                         answers(encoder, eval_tasks, meta=searched_meta(encoder.mteb_model_meta, search),
                                 row={"backbone": backbone_label(encoder.model), "variant": label})
+                del encoder
+                release_memory()
