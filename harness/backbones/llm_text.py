@@ -27,7 +27,7 @@ from pydantic import Field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.backbones.base import Backbone, BackboneConfig, Page, Trainable, write_backbone_file
-from harness.backbones.ocr import OcrPages, page_image_loader
+from harness.backbones.ocr import OcrPages
 
 PACKAGED_LLM = "packaged:gemma-3-270m"
 # attention and MLP projections of Llama-style decoders (Gemma, Qwen, Llama; Phi-3 fuses qkv and gate/up);
@@ -160,11 +160,6 @@ class LlmTextBackbone(OcrPages, LmRetriever):
         return f"llm-text-{name}"
 
     # --- inputs -------------------------------------------------------------------------------
-    def prefetch(self, pages: Sequence[Page]) -> None:
-        images = [page_image_loader(p) for p in pages if p.has_image]
-        if images:
-            self.ocr(images)
-
     def page_inputs(self, pages: Sequence[Page]) -> dict[str, Any]:
         return self._tokens(self.page_texts(pages), self.config.max_page_tokens)
 

@@ -141,6 +141,12 @@ class OcrPages:
         """OCR counters (``OcrStats``); all zero until the first image, without starting Tesseract."""
         return self._ocr.stats if self._ocr is not None else OcrStats()
 
+    def prefetch(self, pages: Sequence[Page]) -> None:
+        """One parallel OCR pass over every page image (cached), instead of small batches that leave cores idle."""
+        images = [page_image_loader(p) for p in pages if p.has_image]
+        if images:
+            self.ocr(images)
+
     def page_texts(self, pages: Sequence[Page]) -> list[str]:
         need_ocr = [i for i, p in enumerate(pages) if p.has_image]
         # loaders, not images: a page is decoded when its turn comes, not the whole list at once

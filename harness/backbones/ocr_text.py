@@ -20,7 +20,7 @@ from pydantic import Field
 from transformers import AutoModel, AutoTokenizer
 
 from harness.backbones.base import Backbone, BackboneConfig, Page, Trainable, write_backbone_file
-from harness.backbones.ocr import OcrPages, page_image_loader
+from harness.backbones.ocr import OcrPages
 
 DEFAULT_TEXT_ENCODER = "packaged:all-MiniLM-L6-v2"
 
@@ -83,12 +83,6 @@ class OcrTextBackbone(OcrPages, Backbone):
         return f"ocr-text-{self.config.mode}-{name}"
 
     # --- inputs -------------------------------------------------------------------------------
-    def prefetch(self, pages: Sequence[Page]) -> None:
-        # One parallel OCR pass over every page (cached), instead of small batches that leave cores idle.
-        images = [page_image_loader(p) for p in pages if p.has_image]
-        if images:
-            self.ocr(images)
-
     def query_inputs(self, texts: Sequence[str]) -> dict[str, Any]:
         return dict(self.tokenizer(list(texts), padding=True, truncation=True,
                                    max_length=self.config.query_max_tokens, return_tensors="pt"))

@@ -22,7 +22,10 @@ def load_model(backbone: Backbone, checkpoint: Path | None = None,
     if getattr(backbone, LOADED_FROM, None) != str(final):
         # the backbone the recipe just trained still holds its adapter: load the saved state into it; a fresh one
         # gets the adapter attached from lora.json. Either way not merged (merging would change the answerer).
-        load_trainable(backbone, final) if has_lora(backbone) else reattach(backbone, final)
+        if has_lora(backbone):
+            load_trainable(backbone, final)
+        else:
+            reattach(backbone, final)
         setattr(backbone, LOADED_FROM, str(final))
     for p in backbone.parameters():
         p.requires_grad_(False)
