@@ -74,12 +74,14 @@ def main() -> None:
     packed = torch.cat(ps)
 
     def bound(rows: int, cols: int) -> Callable[[], torch.Tensor]:
-        buf = torch.empty(min(rows, flat.shape[0]), cols)
+        buf = torch.empty(rows * cols)
 
-        def run() -> torch.Tensor:
-            for r in range(0, flat.shape[0] - buf.shape[0] + 1, buf.shape[0]):
-                for c in range(0, tokens - cols + 1, cols):
-                    torch.mm(flat[r : r + buf.shape[0]], packed[c : c + cols].T, out=buf)
+        def run() -> torch.Tensor:  # every row against every token: the last tiles of each axis may be partial
+            for r in range(0, flat.shape[0], rows):
+                a = flat[r : r + rows]
+                for c in range(0, tokens, cols):
+                    b = packed[c : c + cols]
+                    torch.mm(a, b.T, out=buf[: len(a) * len(b)].view(len(a), len(b)))
             return buf
         return run
 

@@ -27,6 +27,15 @@ def test_maxsim_matches_reference(q_lens, d_lens, dim, seed, budget, block_token
     index = DocIndex(d, block_tokens=block_tokens)
     for _ in range(2):
         assert torch.allclose(maxsim(pad_vectors(q), index, budget=budget), want, atol=1e-5)
+    consumed = list(d)
+    assert torch.equal(maxsim(pad_vectors(q), DocIndex(consumed, block_tokens=block_tokens, consume=True)),
+                       maxsim(pad_vectors(q), index))
+    assert consumed == [None] * len(d)
+    # its documents, in the given order, are views of its blocks (another index can share the memory)
+    views = index.documents()
+    assert all(torch.equal(a, b) for a, b in zip(views, d, strict=True))
+    assert all(any(v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for _, t in index.blocks)
+               for v in views)
 
 
 def test_bf16_products_stay_close_to_fp32() -> None:

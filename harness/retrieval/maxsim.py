@@ -49,18 +49,22 @@ class DocIndex:
 
     ``docs``: a zero-padded [N, T, D] tensor or a list of [T_i, D] matrices (their rows all real). ``block_tokens``
     bounds the tokens (columns) of one block; blocks hold documents whose lengths differ little, so the filled
-    columns (copies of a document's first token) stay few.
+    columns (copies of a document's first token) stay few. ``consume=True`` empties the ``docs`` list (each entry
+    set to None once copied) so that a corpus near the memory's size is held once while the index is built.
     """
 
-    def __init__(self, docs: torch.Tensor | Sequence[torch.Tensor], *, block_tokens: int = 16384,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, docs: torch.Tensor | Sequence[torch.Tensor], *, block_tokens: int = 4096,
+                 dtype: torch.dtype = torch.float32, consume: bool = False) -> None:
         items = real_tokens(torch.as_tensor(docs)) if isinstance(docs, torch.Tensor) else list(docs)
+        # consume: ``docs`` (a list) gives up each matrix once it is copied, so a corpus is held once, not twice
+        source = docs if consume and isinstance(docs, list) else None
         if not items:
             raise ValueError("DocIndex: no documents")
         self.size = len(items)
         self.dim = items[0].shape[-1]
         self.dtype = dtype
         lengths = torch.tensor([x.shape[0] for x in items])
+        self.lengths = lengths
         self.empty = torch.nonzero(lengths == 0).flatten()  # scored -1 per query token
         order = [int(i) for i in torch.argsort(lengths, stable=True) if lengths[i] > 0]
         self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (document ids [n], tokens [n * L, D])
@@ -77,8 +81,20 @@ class DocIndex:
                 x = items[i].to(dtype)
                 block[row, : x.shape[0]] = x
                 block[row, x.shape[0]:] = x[0]  # copies of a real token: never change the max
+                if source is not None:
+                    source[i] = items[i] = None
             self.blocks.append((torch.tensor(ids), block.view(-1, self.dim)))
             start = end
+
+    def documents(self) -> list[torch.Tensor]:
+        """Each document's real token vectors, in the order given: views into the blocks (no copy), so another
+        index can share this one's memory."""
+        out: list[torch.Tensor] = [torch.empty(0, self.dim, dtype=self.dtype)] * self.size
+        for ids, tokens in self.blocks:
+            rows = tokens.view(len(ids), -1, self.dim)
+            for row, i in enumerate(ids.tolist()):
+                out[i] = rows[row, : int(self.lengths[i])]
+        return out
 
     @property
     def nbytes(self) -> int:
@@ -104,27 +120,30 @@ def maxsim(queries: torch.Tensor, docs: torch.Tensor | Sequence[torch.Tensor] | 
     q, tq, dim = queries.shape
     if dim != docs.dim:
         raise ValueError(f"maxsim: queries have {dim} dimensions, documents {docs.dim}")
-    flat = queries.reshape(q * tq, dim).to(docs.dtype)
+    # only real query rows are multiplied (queries padded to the longest waste no products); owner[r]: row r's query
+    real = queries.abs().sum(-1) != 0
+    flat, owner = queries[real].to(docs.dtype), real.nonzero()[:, 0]
     scores = torch.empty(q, docs.size)
     if len(docs.empty):
-        scores[:, docs.empty] = -(queries.abs().sum(-1) != 0).sum(1, keepdim=True).float()
+        scores[:, docs.empty] = -real.sum(1, keepdim=True).float()
     # one tile buffer for the whole call: a fresh multi-MB product per tile costs page faults (slow on VMs)
     buffer = torch.empty(0, dtype=docs.dtype)
     for ids, tokens in docs.blocks:
         n = len(ids)
         width = tokens.shape[0] // n
-        # query rows per tile: as many as keep [rows, n * width] within budget (at least one query's rows)
-        per = max(1, budget // (tokens.shape[0] * tq))
-        for s in range(0, q, per):
-            rows = flat[s * tq : (s + per) * tq]
+        per = max(1, budget // tokens.shape[0])  # query rows per tile: [rows, n * width] within budget
+        block = torch.zeros(q, n)
+        for s in range(0, len(flat), per):
+            rows = flat[s : s + per]
             if torch.is_grad_enabled() and (rows.requires_grad or tokens.requires_grad):
                 sim = rows @ tokens.T  # a loss differentiates through it (out= buffers do not support autograd)
-            else:
-                if buffer.numel() < len(rows) * tokens.shape[0]:
-                    buffer = torch.empty(len(rows) * tokens.shape[0], dtype=docs.dtype)
-                sim = torch.mm(rows, tokens.T, out=buffer[: len(rows) * tokens.shape[0]].view(len(rows), -1))
-            best = sim.view(-1, tq, n, width).amax(-1)  # [q', Tq, n]
-            scores[s : s + per, ids] = best.float().sum(1)
+                block = block.index_add(0, owner[s : s + per], sim.view(len(rows), n, width).amax(-1).float())
+                continue
+            if buffer.numel() < len(rows) * tokens.shape[0]:
+                buffer = torch.empty(len(rows) * tokens.shape[0], dtype=docs.dtype)
+            sim = torch.mm(rows, tokens.T, out=buffer[: len(rows) * tokens.shape[0]].view(len(rows), -1))
+            block.index_add_(0, owner[s : s + per], sim.view(len(rows), n, width).amax(-1).float())
+        scores[:, ids] = block
     return scores
 
 
