@@ -17,9 +17,10 @@ from harness.retrieval.binary import (
     pack_bits,
     unpack_signs,
 )
+from harness.retrieval.hamming import as_words, binary_maxsim, query_rows
 from harness.retrieval.maxsim import DocIndex, maxsim, pad_vectors
 
-DIMS = st.sampled_from([8, 16, 24, 128])
+DIMS = st.sampled_from([8, 16, 24, 128, 200])  # 200: four 64-bit words, the last one part padding
 
 
 def vectors(lengths: list[int], dim: int, seed: int) -> list[torch.Tensor]:
@@ -136,3 +137,19 @@ def test_cascade_keeps_only_what_binary_maxsim_ranks_first() -> None:
     pool = index.first_stage(q, "pooled").topk(60, dim=1).indices
     for i in range(2):
         assert set(ids[i].tolist()) <= set(pool[i].tolist())
+
+
+def test_binary_maxsim_kernel_batches_and_empty_pages() -> None:
+    """Query batches give the same scores as one batch; a page without tokens scores 0 (the index masks it)."""
+    q = pad_vectors(vectors([3, 5, 2, 4], 128, 0))
+    docs = vectors([4, 1, 6], 128, 1)
+    words = as_words(pack_bits(torch.cat(docs)))
+    offsets = np.array([0, 4, 4, 5, 11])  # page 1 is empty
+    real = (q.abs().sum(-1) != 0).numpy()
+    rows, starts = query_rows(pack_bits(q), real)
+    one = binary_maxsim(rows, starts, words, offsets, 128)
+    assert np.array_equal(one, binary_maxsim(rows, starts, words, offsets, 128, query_batch=1))
+    assert (one[:, 1] == 0).all()
+    direct = direct_first_stage([x[m] for x, m in zip(q, torch.from_numpy(real), strict=True)],
+                                [docs[0], docs[1], docs[2]], 128, "multi")
+    assert np.array_equal(one[:, [0, 2, 3]], direct)

@@ -2,13 +2,13 @@
 
 Index: each token vector becomes its sign bits (x >= 0), packed 8 per byte (16 bytes for 128 dimensions); each
 page also gets one pooled vector, the majority vote of its tokens' bits. Hamming similarity is dim - popcount(a xor
-b). For +-1 vectors a . b = dim - 2 hamming, so every Hamming score here is computed exactly as a product of +-1
-matrices (bf16 holds +-1 and every sum up to 256 exactly):
-- ``pooled`` first stage: sum over query tokens of the Hamming similarity to the page's vote vector, which is one
-  matrix-vector product with the query's summed +-1 tokens;
-- ``multi`` first stage: binary MaxSim, sum over query tokens of the best Hamming similarity over the page's tokens;
+b):
+- ``pooled`` first stage: sum over query tokens of the Hamming similarity to the page's vote vector, computed as a
+  product of +-1 matrices (a . b = dim - 2 hamming; one matrix-vector product with the query's summed +-1 tokens);
+- ``multi`` first stage: binary MaxSim, sum over query tokens of the best Hamming similarity over the page's tokens,
+  by XOR and popcount on 64-bit words (``harness.retrieval.hamming``: nothing but the per-page best is written);
 - ``cascade``: the pooled stage keeps CASCADE x as many pages, binary MaxSim ranks only those (the pooled vote is
-  cheap but coarse, binary MaxSim is close to float MaxSim but costs a +-1 product over every token).
+  cheap but coarse, binary MaxSim is close to float MaxSim but touches every token).
 The first stage keeps top_k x rescore_ratio candidates per query; the second reranks them by float MaxSim on the
 stored float vectors (the exact score of ``harness.retrieval.maxsim``), and the candidates below them keep their
 first-stage order, under the reranked ones.
@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from harness.retrieval.hamming import as_words, binary_maxsim, query_rows
 from harness.retrieval.maxsim import DocIndex, maxsim, real_tokens
 
 FirstStage = Literal["pooled", "multi", "cascade"]
@@ -74,16 +75,18 @@ class BinaryIndex:
         self.dim = items[0].shape[-1]
         self.size = len(items)
         self.floats = [x.float().contiguous() for x in items]
-        self.token_bits = [pack_bits(x) for x in items]
-        empty = np.zeros((len(items), (self.dim + 7) // 8), np.uint8)
-        self.pooled_bits = np.stack([majority_vote(b, self.dim) if len(b) else e
-                                     for b, e in zip(self.token_bits, empty, strict=True)])
-        self.has_tokens = torch.tensor([len(b) > 0 for b in self.token_bits])
+        lengths = np.array([len(x) for x in items])
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # page p: rows offsets[p]:[p + 1]
+        bits = np.concatenate([pack_bits(x) for x in self.floats])  # page by page: no float copy of the corpus
+        self.words = as_words(bits)  # [tokens, W] uint64: what the binary MaxSim kernel reads
+        self.pooled_bits = np.stack([majority_vote(bits[a:b], self.dim) if b > a else np.zeros(bits.shape[1], np.uint8)
+                                     for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)])
+        self.has_tokens = torch.from_numpy(lengths > 0)
 
     @property
     def binary_nbytes(self) -> int:
         """Bytes of the first stage's index (token bits and vote vectors)."""
-        return sum(b.nbytes for b in self.token_bits) + self.pooled_bits.nbytes
+        return self.words.nbytes + self.pooled_bits.nbytes
 
     @property
     def float_nbytes(self) -> int:
@@ -96,11 +99,13 @@ class BinaryIndex:
         if how == "pooled":
             pages = unpack_signs(self.pooled_bits, self.dim, torch.float32)
             dots = signs.sum(1) @ pages.T  # sum_t q_t . p
+            hamming = (real.sum(1, keepdim=True) * self.dim + dots) / 2  # sum_t (dim - hamming_t)
         else:
-            docs = [unpack_signs(b, self.dim) for b in self.token_bits]  # an empty page: [0, dim]
-            dots = maxsim(signs.to(torch.bfloat16), docs, dtype=torch.bfloat16)
-        hamming = (real.sum(1, keepdim=True) * self.dim + dots) / 2  # sum_t (dim - hamming_t)
+            hamming = torch.from_numpy(binary_maxsim(*self._query_rows(queries), self.words, self.offsets, self.dim))
         return hamming.masked_fill(~self.has_tokens[None], float("-inf"))
+
+    def _query_rows(self, queries: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return query_rows(pack_bits(queries), (queries.abs().sum(-1) != 0).numpy())  # real rows only
 
     def rerank(self, queries: torch.Tensor, candidates: list[list[int]], *, binary: bool = False) -> list[torch.Tensor]:
         """Float MaxSim of each zero-padded query [Q, Tq, D] against its own candidate pages -> one score per
@@ -109,11 +114,16 @@ class BinaryIndex:
         Page by page, not query by query: each candidate page is scored once against all the queries that kept it
         (one product on the stored vectors, nothing copied), so the work is a few large products when queries share
         candidates and stays proportional to the (query, page) pairs when they do not. Padded query rows are zero
-        and add 0 to every score. ``binary``: binary MaxSim instead (Hamming on the sign bits, as ``first_stage``)."""
+        and add 0 to every score. ``binary``: binary MaxSim instead (Hamming on the sign bits, the ``multi`` first
+        stage's score), query by query over its own candidates."""
         queries = torch.as_tensor(queries).float()
-        real = (queries.abs().sum(-1) != 0).sum(1)
-        if binary:  # +-1 in bf16: exact products and maxima (|dot| <= 256), summed in fp32 below
-            queries = query_signs(queries).to(torch.bfloat16)
+        if binary:
+            width = max((len(ids) for ids in candidates), default=0)
+            table = np.full((len(candidates), width), -1, np.int64)
+            for i, ids in enumerate(candidates):
+                table[i, : len(ids)] = ids
+            scores = binary_maxsim(*self._query_rows(queries), self.words, self.offsets, self.dim, table)
+            return [torch.from_numpy(scores[i, : len(ids)].copy()) for i, ids in enumerate(candidates)]
         by_page: dict[int, list[tuple[int, int]]] = {}
         for i, ids in enumerate(candidates):
             for n, j in enumerate(ids):
@@ -123,10 +133,7 @@ class BinaryIndex:
         for j, pairs in by_page.items():
             rows = torch.tensor([i for i, _ in pairs])
             q = queries[rows].reshape(-1, self.dim)
-            page = unpack_signs(self.token_bits[j], self.dim) if binary else self.floats[j]
-            scores = (q @ page.T).amax(1).float().view(len(pairs), tq).sum(1)
-            if binary:  # +-1 dot -> Hamming similarity, summed over the real query tokens
-                scores = (real[rows] * self.dim + scores) / 2
+            scores = (q @ self.floats[j].T).amax(1).view(len(pairs), tq).sum(1)
             for (i, n), score in zip(pairs, scores.tolist(), strict=True):
                 out[i][n] = score
         return out

@@ -1,0 +1,167 @@
+"""Binary MaxSim on packed sign bits, compiled with numba.
+
+Each (query token, page token) pair costs an XOR and a popcount per 64-bit word, and the page's best is kept as the
+tokens stream past: no similarity matrix is ever written. (Computed as a +-1 matrix product instead, the fp32 or
+bf16 products write one similarity per pair to memory, and that write bounds their speed at 128 dimensions.)
+
+Vectors are packed sign bits (``harness.retrieval.binary.pack_bits``) padded with zero bytes to whole 64-bit words;
+padding bits are 0 on both sides, so they never differ. Scores are Hamming similarities, dim - popcount(a xor b).
+"""
+
+from __future__ import annotations
+
+import os
+
+import llvmlite.binding as llvm
+import numpy as np
+
+
+def _prefer_512_bit_vectors() -> None:
+    """LLVM tunes AVX-512 CPUs (Skylake-X to Sapphire Rapids) to prefer 256-bit vectors; with 512-bit ones the
+    popcount loops below run 1.6x faster (benchmarks/binary_search.py, 2 cores of a Sapphire Rapids). numba reads
+    the CPU features when it first compiles, so this runs before; a user's NUMBA_CPU_FEATURES wins."""
+    features = llvm.get_host_cpu_features()
+    if "NUMBA_CPU_FEATURES" not in os.environ and features.get("avx512vpopcntdq"):
+        os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
+        from numba.core import config  # numba imported earlier read its environment already
+
+        config.CPU_FEATURES = os.environ["NUMBA_CPU_FEATURES"]
+
+
+_prefer_512_bit_vectors()
+
+from numba import njit, prange, types  # noqa: E402 (after the CPU features are chosen)
+from numba.extending import intrinsic  # noqa: E402
+
+
+@intrinsic
+def _popcount(typingctx, x):  # noqa: ARG001 (numba's intrinsic signature)
+    """LLVM's ctpop: one popcount instruction where the CPU has one (vectorised with AVX512-VPOPCNTDQ)."""
+
+    def codegen(context, builder, signature, args):  # noqa: ARG001
+        return builder.ctpop(args[0])
+
+    return types.uint64(types.uint64), codegen
+
+
+def as_words(bits: np.ndarray) -> np.ndarray:
+    """Packed bits [..., B] uint8 -> [..., ceil(B / 8)] uint64 (zero bytes appended)."""
+    pad = -bits.shape[-1] % 8
+    if pad:
+        bits = np.concatenate([bits, np.zeros((*bits.shape[:-1], pad), np.uint8)], axis=-1)
+    return np.ascontiguousarray(bits).view(np.uint64)
+
+
+@njit(cache=True)
+def _page_scores(best, starts, dim, out, p):
+    """out[:, p] = for each query, the sum over its rows starts[i]:starts[i + 1] of dim - best (fewest differing bits
+    in page p)."""
+    for i in range(len(starts) - 1):
+        total = 0
+        for r in range(starts[i], starts[i + 1]):
+            total += dim - best[r]
+        out[i, p] = total
+
+
+@njit(parallel=True, cache=True)
+def _maxsim_all(q, starts, docs, offsets, dim):
+    """q [W, R] the queries' real token words (word-major, so the inner loop over rows vectorises), query i's rows
+    starts[i]:starts[i + 1]; docs [T, W] page-token words, page p's tokens docs[offsets[p]:offsets[p + 1]] -> [Q, N]
+    sum over each query's tokens of the best Hamming similarity in the page (0 for a page without tokens)."""
+    words, rows = q.shape
+    pages = len(offsets) - 1
+    out = np.zeros((len(starts) - 1, pages), np.float32)
+    for p in prange(pages):
+        best = np.full(rows, 1 << 30, np.int64)  # fewest differing bits so far
+        diff = np.empty(rows, np.int64)
+        for t in range(offsets[p], offsets[p + 1]):
+            diff[:] = 0
+            for w in range(words):
+                word = docs[t, w]
+                for r in range(rows):
+                    diff[r] += np.int64(_popcount(q[w, r] ^ word))
+            for r in range(rows):
+                best[r] = min(best[r], diff[r])
+        if offsets[p + 1] > offsets[p]:
+            _page_scores(best, starts, dim, out, p)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _maxsim_all_2words(q, starts, docs, offsets, dim):
+    """``_maxsim_all`` for vectors of two words (65-128 dimensions, the Col* models' 128): two page tokens per pass
+    over the query rows, each row's words loaded once for both (1.8x the general loop)."""
+    rows = q.shape[1]
+    pages = len(offsets) - 1
+    out = np.zeros((len(starts) - 1, pages), np.float32)
+    q0, q1 = q[0], q[1]
+    for p in prange(pages):
+        best = np.full(rows, 1 << 30, np.int64)
+        t, end = offsets[p], offsets[p + 1]
+        while t < end:
+            a0, a1 = docs[t, 0], docs[t, 1]
+            b0, b1 = docs[min(t + 1, end - 1), 0], docs[min(t + 1, end - 1), 1]  # the last token twice if odd
+            for r in range(rows):
+                x0, x1 = q0[r], q1[r]
+                da = np.int64(_popcount(x0 ^ a0) + _popcount(x1 ^ a1))
+                db = np.int64(_popcount(x0 ^ b0) + _popcount(x1 ^ b1))
+                best[r] = min(best[r], min(da, db))
+            t += 2
+        if end > offsets[p]:
+            _page_scores(best, starts, dim, out, p)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _maxsim_pairs(q, starts, docs, offsets, candidates, dim):
+    """q [R, W] query rows as above, candidates [Q, C] page indices (-1: none) -> [Q, C] the same score for each
+    query's own candidates only (-inf for -1)."""
+    words = q.shape[1]
+    out = np.full(candidates.shape, -np.inf, np.float32)
+    for i in prange(len(starts) - 1):
+        a, b = starts[i], starts[i + 1]
+        best = np.empty(b - a, np.int64)
+        for c in range(candidates.shape[1]):
+            p = candidates[i, c]
+            if p < 0:
+                continue
+            best[:] = 1 << 30
+            for t in range(offsets[p], offsets[p + 1]):
+                for r in range(a, b):
+                    d = 0
+                    for w in range(words):
+                        d += np.int64(_popcount(q[r, w] ^ docs[t, w]))
+                    best[r - a] = min(best[r - a], d)
+            total = 0
+            if offsets[p + 1] > offsets[p]:
+                for r in range(b - a):
+                    total += dim - best[r]
+            out[i, c] = total
+    return out
+
+
+def binary_maxsim(query_words: np.ndarray, starts: np.ndarray, doc_words: np.ndarray, offsets: np.ndarray, dim: int,
+                  candidates: np.ndarray | None = None, *, query_batch: int = 256) -> np.ndarray:
+    """Binary MaxSim of queries given as their real tokens' words [R, W] (uint64; query i's rows
+    starts[i]:starts[i + 1]) against the pages of ``doc_words`` [T, W] split by ``offsets`` [N + 1]: [Q, N] scores,
+    or [Q, C] for ``candidates`` [Q, C] page indices. Queries go in batches of ``query_batch``, so the per-page
+    working set stays in cache."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    if candidates is not None:
+        return _maxsim_pairs(np.ascontiguousarray(query_words), starts, doc_words, offsets,
+                             np.ascontiguousarray(candidates, dtype=np.int64), dim)
+    out = []
+    for s in range(0, len(starts) - 1, query_batch):
+        batch = starts[s : s + query_batch + 1]
+        rows = np.ascontiguousarray(query_words[batch[0] : batch[-1]].T)  # [W, rows]
+        kernel = _maxsim_all_2words if rows.shape[0] == 2 else _maxsim_all
+        out.append(kernel(rows, batch - batch[0], doc_words, offsets, dim))
+    return np.concatenate(out) if out else np.zeros((0, len(offsets) - 1), np.float32)
+
+
+def query_rows(queries_bits: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded queries' packed bits [Q, Tq, B] and their real-token mask [Q, Tq] -> (words of the real tokens
+    [R, W], starts [Q + 1])."""
+    starts = np.concatenate([[0], np.cumsum(real.sum(1))]).astype(np.int64)
+    return as_words(queries_bits[real]), starts
