@@ -129,11 +129,13 @@ class BinaryIndex:
             for n, j in enumerate(ids):
                 by_page.setdefault(j, []).append((i, n))
         out = [torch.empty(len(ids)) for ids in candidates]
-        tq = queries.shape[1]
+        # each query's rows up to its last real one: a page's product skips the padding its queries all share
+        real = queries.abs().sum(-1) != 0
+        width = (real * torch.arange(1, real.shape[1] + 1)).amax(1).tolist()
         for j, pairs in by_page.items():
-            rows = torch.tensor([i for i, _ in pairs])
-            q = queries[rows].reshape(-1, self.dim)
-            scores = (q @ self.floats[j].T).amax(1).view(len(pairs), tq).sum(1)
+            w = max(1, max(width[i] for i, _ in pairs))
+            q = queries[torch.tensor([i for i, _ in pairs]), :w].reshape(-1, self.dim)
+            scores = (q @ self.floats[j].T).amax(1).view(len(pairs), w).sum(1)
             for (i, n), score in zip(pairs, scores.tolist(), strict=True):
                 out[i][n] = score
         return out

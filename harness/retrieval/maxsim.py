@@ -12,9 +12,10 @@ The no-grad engine (``maxsim`` over a ``DocIndex``) spends its time in one kind 
   many short ones;
 - inside a block, a shorter document is filled with copies of its own first token instead of zeros: a copy cannot
   change a max, so no mask is applied and no -inf pass is made over the similarity tile;
-- the queries' token rows and the block's token columns form one [rows, tokens] product per tile, reduced by a max
-  over each document's columns; tiles are bounded (``budget`` floats), so memory is bounded and a
-  corpus streams block by block;
+- the queries' real token rows (padding rows are never multiplied: real questions padded to the longest one are
+  mostly padding) and the block's token columns form one [rows, tokens] product per tile, reduced by a max over
+  each document's columns and summed into each row's query; tiles are bounded (``budget`` floats), so memory is
+  bounded and a corpus streams block by block;
 - ``dtype=torch.bfloat16`` runs the products in bf16 (fast where the CPU has AVX512-BF16/AMX; scores then differ
   from fp32 by about 1e-2) and sums in fp32.
 ``score_matrix`` is the differentiable twin used by the training losses (same score on the same tensors).
