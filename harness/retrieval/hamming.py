@@ -34,6 +34,19 @@ from numba import njit, prange, types  # noqa: E402 (after the CPU features are 
 from numba.extending import intrinsic  # noqa: E402
 
 
+def _compiled(**options):
+    """numba's njit with an on-disk cache (compiled once per machine); without a writable cache location (a
+    read-only install and home) numba refuses ``cache=True``, and each process compiles instead."""
+
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:
+            return njit(**options)(fn)
+
+    return wrap
+
+
 @intrinsic
 def _popcount(typingctx, x):  # noqa: ARG001 (numba's intrinsic signature)
     """LLVM's ctpop: one popcount instruction where the CPU has one (vectorised with AVX512-VPOPCNTDQ)."""
@@ -52,7 +65,7 @@ def as_words(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits).view(np.uint64)
 
 
-@njit(cache=True)
+@_compiled()
 def _page_scores(best, starts, dim, out, p):
     """out[:, p] = for each query, the sum over its rows starts[i]:starts[i + 1] of dim - best (fewest differing bits
     in page p)."""
@@ -63,7 +76,7 @@ def _page_scores(best, starts, dim, out, p):
         out[i, p] = total
 
 
-@njit(parallel=True, cache=True)
+@_compiled(parallel=True)
 def _maxsim_all(q, starts, docs, offsets, dim):
     """q [W, R] the queries' real token words (word-major, so the inner loop over rows vectorises), query i's rows
     starts[i]:starts[i + 1]; docs [T, W] page-token words, page p's tokens docs[offsets[p]:offsets[p + 1]] -> [Q, N]
@@ -87,7 +100,7 @@ def _maxsim_all(q, starts, docs, offsets, dim):
     return out
 
 
-@njit(parallel=True, cache=True)
+@_compiled(parallel=True)
 def _maxsim_all_2words(q, starts, docs, offsets, dim):
     """``_maxsim_all`` for vectors of two words (65-128 dimensions, the Col* models' 128): two page tokens per pass
     over the query rows, each row's words loaded once for both (1.8x the general loop)."""
@@ -112,7 +125,7 @@ def _maxsim_all_2words(q, starts, docs, offsets, dim):
     return out
 
 
-@njit(parallel=True, cache=True)
+@_compiled(parallel=True)
 def _maxsim_pairs(q, starts, docs, offsets, candidates, dim):
     """q [R, W] query rows as above, candidates [Q, C] page indices (-1: none) -> [Q, C] the same score for each
     query's own candidates only (-inf for -1)."""
