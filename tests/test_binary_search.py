@@ -153,3 +153,21 @@ def test_binary_maxsim_kernel_batches_and_empty_pages() -> None:
     direct = direct_first_stage([x[m] for x, m in zip(q, torch.from_numpy(real), strict=True)],
                                 [docs[0], docs[1], docs[2]], 128, "multi")
     assert np.array_equal(one[:, [0, 2, 3]], direct)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=5), st.lists(st.integers(0, 9), min_size=1, max_size=10),
+       st.integers(0, 10_000))
+def test_float_rerank_equals_maxsim_on_any_candidates(q_lens, d_lens, seed) -> None:
+    """Block-wise rerank = the engine's MaxSim for every (query, candidate) pair: queries of any length (empty ones
+    too), pages of any length (a page without tokens scores -1 per real query token), candidates shared or not."""
+    q = pad_vectors(vectors([max(n, 1) for n in q_lens], 16, seed))
+    q[[i for i, n in enumerate(q_lens) if n == 0]] = 0.0
+    docs = [torch.zeros(0, 16) if n == 0 else x for n, x in zip(d_lens, vectors([max(n, 1) for n in d_lens], 16,
+                                                                                  seed + 1), strict=True)]
+    g = torch.Generator().manual_seed(seed)
+    picks = [torch.randperm(len(docs), generator=g)[: int(torch.randint(0, len(docs) + 1, (1,), generator=g))].tolist()
+             for _ in q_lens]
+    want = maxsim(q, docs)
+    for i, got in enumerate(BinaryIndex(docs).rerank(q, picks)):
+        assert torch.allclose(got, want[i, picks[i]], atol=1e-5)

@@ -114,8 +114,9 @@ class BinaryIndex:
         Page by page, not query by query: each candidate page is scored once against all the queries that kept it
         (one product on the stored vectors, nothing copied), so the work is a few large products when queries share
         candidates and stays proportional to the (query, page) pairs when they do not. Padded query rows are zero
-        and add 0 to every score. ``binary``: binary MaxSim instead (Hamming on the sign bits, the ``multi`` first
-        stage's score), query by query over its own candidates."""
+        and add 0 to every score; a page without tokens scores -1 per real query token, as ``maxsim``.
+        ``binary``: binary MaxSim instead (Hamming on the sign bits, the ``multi`` first stage's score), query by
+        query over its own candidates."""
         queries = torch.as_tensor(queries).float()
         if binary:
             width = max((len(ids) for ids in candidates), default=0)
@@ -131,11 +132,15 @@ class BinaryIndex:
         out = [torch.empty(len(ids)) for ids in candidates]
         # each query's rows up to its last real one: a page's product skips the padding its queries all share
         real = queries.abs().sum(-1) != 0
-        width = (real * torch.arange(1, real.shape[1] + 1)).amax(1).tolist()
+        counts = real.sum(1).tolist()
+        width = (real * torch.arange(1, real.shape[1] + 1)).amax(1).tolist() if real.shape[1] else [0] * len(real)
         for j, pairs in by_page.items():
-            w = max(1, max(width[i] for i, _ in pairs))
-            q = queries[torch.tensor([i for i, _ in pairs]), :w].reshape(-1, self.dim)
-            scores = (q @ self.floats[j].T).amax(1).view(len(pairs), w).sum(1)
+            if len(self.floats[j]) == 0:  # no tokens: -1 per real query token, as maxsim scores it
+                scores = torch.tensor([-float(counts[i]) for i, _ in pairs])
+            else:
+                w = max(1, max(width[i] for i, _ in pairs))
+                q = queries[torch.tensor([i for i, _ in pairs]), :w].reshape(-1, self.dim)
+                scores = (q @ self.floats[j].T).amax(1).view(len(pairs), w).sum(1)
             for (i, n), score in zip(pairs, scores.tolist(), strict=True):
                 out[i][n] = score
         return out
