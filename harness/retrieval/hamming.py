@@ -20,7 +20,10 @@ def _prefer_512_bit_vectors() -> None:
     """LLVM tunes AVX-512 CPUs (Skylake-X to Sapphire Rapids) to prefer 256-bit vectors; with 512-bit ones the
     popcount loops below run 1.6x faster (benchmarks/binary_search.py, 2 cores of a Sapphire Rapids). numba reads
     the CPU features when it first compiles, so this runs before; a user's NUMBA_CPU_FEATURES wins."""
-    features = llvm.get_host_cpu_features()
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # llvmlite cannot read this CPU's features: numba's defaults
+        return
     if "NUMBA_CPU_FEATURES" not in os.environ and features.get("avx512vpopcntdq"):
         os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
         from numba.core import config  # numba imported earlier read its environment already
