@@ -159,7 +159,7 @@ def test_binary_maxsim_kernel_batches_and_empty_pages() -> None:
 @given(st.lists(st.integers(0, 5), min_size=1, max_size=5), st.lists(st.integers(0, 9), min_size=1, max_size=10),
        st.integers(0, 10_000))
 def test_float_rerank_equals_maxsim_on_any_candidates(q_lens, d_lens, seed) -> None:
-    """Block-wise rerank = the engine's MaxSim for every (query, candidate) pair: queries of any length (empty ones
+    """The float rerank = the engine's MaxSim for every (query, candidate) pair: queries of any length (empty ones
     too), pages of any length (a page without tokens scores -1 per real query token), candidates shared or not."""
     q = pad_vectors(vectors([max(n, 1) for n in q_lens], 16, seed))
     q[[i for i, n in enumerate(q_lens) if n == 0]] = 0.0
