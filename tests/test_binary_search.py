@@ -82,7 +82,7 @@ def test_first_stage_equals_hamming_computed_directly(q_lens, d_lens, dim, how, 
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.lists(st.integers(1, 8), min_size=2, max_size=12),
-       st.sampled_from([8, 32]), st.sampled_from(["pooled", "multi", "cascade"]), st.integers(0, 10_000),
+       st.sampled_from([8, 32, 128]), st.sampled_from(["pooled", "multi", "cascade"]), st.integers(0, 10_000),
        st.integers(1, 3))
 def test_two_stage_with_every_page_a_candidate_is_exhaustive_maxsim(q_lens, d_lens, dim, how, seed, k) -> None:
     q, docs = pad_vectors(vectors(q_lens, dim, seed)), vectors(d_lens, dim, seed + 1)
@@ -113,13 +113,15 @@ def test_padded_query_rows_and_empty_pages() -> None:
         assert first[0, 2] == float("-inf")  # an empty page is never a candidate
     _, ids = index.search(padded, 3, rescore_ratio=1)
     assert sorted(ids[0, :2].tolist()) == [0, 1] and ids[0, 2] == -1
+    binary = index.rerank(padded, [[2, 0]], binary=True)[0]  # as the multi kernel: 0 for a page without tokens
+    assert binary[0] == 0 and binary[1] == index.first_stage(padded, "multi")[0, 0]
 
 
 @settings(max_examples=20, deadline=None)
 @given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.lists(st.integers(1, 6), min_size=2, max_size=8),
        DIMS, st.integers(0, 10_000))
 def test_binary_rerank_of_candidates_equals_binary_maxsim(q_lens, d_lens, dim, seed) -> None:
-    """The cascade's middle stage (binary MaxSim on the pooled stage's pages) scores as the multi first stage."""
+    """The cascade's middle stage (binary MaxSim on the 64-bit stage's pages) scores as the multi first stage."""
     q, docs = pad_vectors(vectors(q_lens, dim, seed)), vectors(d_lens, dim, seed + 1)
     index = BinaryIndex(docs)
     full = index.first_stage(q, "multi")
@@ -128,15 +130,22 @@ def test_binary_rerank_of_candidates_equals_binary_maxsim(q_lens, d_lens, dim, s
         assert torch.equal(got, full[i, picks[i]])
 
 
-def test_cascade_keeps_only_what_binary_maxsim_ranks_first() -> None:
-    q, docs = pad_vectors(vectors([3, 2], 32, 0)), vectors([5] * 300, 32, 1)
-    index = BinaryIndex(docs)
-    stats = SearchStats()
+def test_cascade_ranks_the_64_bit_stage_best_by_whole_codes() -> None:
+    qs, docs = vectors([3, 2], 128, 0), vectors([5, 40] * 150, 128, 1)
+    q, index, stats = pad_vectors(qs), BinaryIndex(docs), SearchStats()
     _, ids = index.search(q, 2, first="cascade", rescore_ratio=3, stats=stats)
-    assert stats.candidates == 2 * 6  # k x ratio reranked in float, out of the 60 the pooled stage kept
-    pool = index.first_stage(q, "pooled").topk(60, dim=1).indices
+    assert stats.candidates == 2 * 6  # k x ratio reranked in float, out of the 60 the 64-bit stage kept
+    prefix = index.first_stage(q, "prefix")  # binary MaxSim of the first 64 coordinates' signs
+    assert np.array_equal(prefix.numpy(), direct_first_stage([x[:, :64] for x in qs], [d[:, :64] for d in docs], 64,
+                                                             "multi"))
+    pool, whole = torch.from_numpy(index.cascade_pool(q, 60)), index.first_stage(q, "multi")
     for i in range(2):
-        assert set(ids[i].tolist()) <= set(pool[i].tolist())
+        assert len(set(pool[i].tolist())) == 60  # 60 distinct pages, the 45 best by the 64-bit score among them
+        assert set(prefix[i].topk(45).indices.tolist()) <= set(pool[i].tolist())
+        lengths = torch.tensor([len(d) for d in docs])[pool[i]]
+        assert (lengths == 5).any() and (lengths == 40).any()
+        kept = pool[i][torch.sort(whole[i, pool[i]], descending=True, stable=True).indices[:6]]
+        assert set(ids[i].tolist()) <= set(kept.tolist())
 
 
 def test_binary_maxsim_kernel_batches_and_empty_pages() -> None:

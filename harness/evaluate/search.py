@@ -4,7 +4,8 @@ field of run configs (``searches:``), part of each result's identity and of its 
 - ``exhaustive``: float MaxSim against every page (mteb's own full-corpus search, scored by the harness's engine);
 - ``binary-pooled[:R][@K]`` / ``binary-multi[:R][@K]`` / ``binary-cascade[:R][@K]``: ColQwen3VL's two-stage search
   (harness.retrieval.binary): a first stage over sign bits (pooled vote vectors, binary MaxSim over every token, or
-  binary MaxSim over the pooled stage's 10 x K x R best) keeps K x R candidates
+  a cascade: binary MaxSim on the codes' first 64 bits over every page, then on the whole codes over its 10 x K x R
+  best) keeps K x R candidates
   (R = rescore ratio, default 10), reranked by float MaxSim; the K best are returned (default 100, the depth of the
   saved rankings). mteb scores metrics up to @1000 from what a search returns: recall@1000 and MAP are then
   computed over K results, the @5/@10 scores are not affected.

@@ -129,49 +129,108 @@ def _maxsim_all_2words(q, starts, docs, offsets, dim):
 
 
 @_compiled(parallel=True)
-def _maxsim_pairs(q, starts, docs, offsets, candidates, dim):
-    """q [R, W] query rows as above, candidates [Q, C] page indices (-1: none) -> [Q, C] the same score for each
-    query's own candidates only (-inf for -1)."""
-    words = q.shape[1]
-    out = np.full(candidates.shape, -np.inf, np.float32)
-    for i in prange(len(starts) - 1):
-        a, b = starts[i], starts[i + 1]
-        best = np.empty(b - a, np.int64)
-        for c in range(candidates.shape[1]):
-            p = candidates[i, c]
-            if p < 0:
-                continue
-            best[:] = 1 << 30
-            for t in range(offsets[p], offsets[p + 1]):
-                for r in range(a, b):
-                    d = 0
-                    for w in range(words):
-                        d += np.int64(_popcount(q[r, w] ^ docs[t, w]))
-                    best[r - a] = min(best[r - a], d)
-            total = 0
-            if offsets[p + 1] > offsets[p]:
-                for r in range(b - a):
-                    total += dim - best[r]
-            out[i, c] = total
+def _maxsim_all_1word(q, starts, docs, offsets, dim):
+    """``_maxsim_all`` for one-word vectors (up to 64 dimensions, or the first word of longer codes: ``docs`` may be a
+    column view): four page tokens per pass over the query rows."""
+    rows = q.shape[1]
+    pages = len(offsets) - 1
+    out = np.zeros((len(starts) - 1, pages), np.float32)
+    q0 = q[0]
+    for p in prange(pages):
+        best = np.full(rows, 1 << 30, np.int64)
+        t, end = offsets[p], offsets[p + 1]
+        while t < end:  # the last token repeated where fewer than four are left
+            a, b = docs[t, 0], docs[min(t + 1, end - 1), 0]
+            c, d = docs[min(t + 2, end - 1), 0], docs[min(t + 3, end - 1), 0]
+            for r in range(rows):
+                x = q0[r]
+                m = min(min(_popcount(x ^ a), _popcount(x ^ b)), min(_popcount(x ^ c), _popcount(x ^ d)))
+                best[r] = min(best[r], np.int64(m))
+            t += 4
+        if end > offsets[p]:
+            _page_scores(best, starts, dim, out, p)
     return out
 
 
+@_compiled(parallel=True)
+def _maxsim_groups(q, starts, pair_query, bounds, pages, docs, offsets, dim):
+    """q [W, R] the queries' real rows (word-major; query i's rows starts[i]:starts[i + 1]); the pairs
+    bounds[g]:bounds[g + 1] (their queries: pair_query) all keep page pages[g] -> [P] each pair's binary MaxSim (0 for
+    a page without tokens).
+    Each page is read once, against the rows of all its pairs' queries gathered side by side (long loops that
+    vectorise, as in ``_maxsim_all``); two-word codes take two tokens per pass, as ``_maxsim_all_2words``."""
+    words = q.shape[0]
+    out = np.zeros(len(pair_query), np.float32)
+    for g in prange(len(pages)):
+        t, end = offsets[pages[g]], offsets[pages[g] + 1]
+        if end == t:
+            continue
+        n = 0
+        for k in range(bounds[g], bounds[g + 1]):
+            n += starts[pair_query[k] + 1] - starts[pair_query[k]]
+        rows = np.empty((words, n), np.uint64)
+        r = 0
+        for k in range(bounds[g], bounds[g + 1]):
+            for s in range(starts[pair_query[k]], starts[pair_query[k] + 1]):
+                for w in range(words):
+                    rows[w, r] = q[w, s]
+                r += 1
+        best = np.full(n, 1 << 30, np.int64)
+        if words == 2:
+            q0, q1 = rows[0], rows[1]
+            while t < end:
+                a0, a1 = docs[t, 0], docs[t, 1]
+                b0, b1 = docs[min(t + 1, end - 1), 0], docs[min(t + 1, end - 1), 1]
+                for r in range(n):
+                    x0, x1 = q0[r], q1[r]
+                    da = np.int64(_popcount(x0 ^ a0) + _popcount(x1 ^ a1))
+                    db = np.int64(_popcount(x0 ^ b0) + _popcount(x1 ^ b1))
+                    best[r] = min(best[r], min(da, db))
+                t += 2
+        else:
+            diff = np.empty(n, np.int64)
+            for t in range(offsets[pages[g]], end):
+                diff[:] = 0
+                for w in range(words):
+                    word, row = docs[t, w], rows[w]
+                    for r in range(n):
+                        diff[r] += np.int64(_popcount(row[r] ^ word))
+                for r in range(n):
+                    best[r] = min(best[r], diff[r])
+        r = 0
+        for k in range(bounds[g], bounds[g + 1]):
+            total = 0
+            for _ in range(starts[pair_query[k]], starts[pair_query[k] + 1]):
+                total += dim - best[r]
+                r += 1
+            out[k] = total
+    return out
+
+
+def grouped_binary_maxsim(query_words: np.ndarray, starts: np.ndarray, pair_query: np.ndarray, bounds: np.ndarray,
+                          pages: np.ndarray, doc_words: np.ndarray, offsets: np.ndarray, dim: int) -> np.ndarray:
+    """Binary MaxSim of (query, page) pairs grouped by page: queries as in ``binary_maxsim``, pair k's query
+    pair_query[k], pairs bounds[g]:bounds[g + 1] all of page pages[g] -> [P] scores (0 for a page without tokens)."""
+    def c(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.int64)
+
+    return _maxsim_groups(np.ascontiguousarray(query_words.T), c(starts), c(pair_query), c(bounds), c(pages),
+                          doc_words, c(offsets), dim)
+
+
 def binary_maxsim(query_words: np.ndarray, starts: np.ndarray, doc_words: np.ndarray, offsets: np.ndarray, dim: int,
-                  candidates: np.ndarray | None = None, *, query_batch: int = 256) -> np.ndarray:
+                  *, query_batch: int = 256) -> np.ndarray:
     """Binary MaxSim of queries given as their real tokens' words [R, W] (uint64; query i's rows
-    starts[i]:starts[i + 1]) against the pages of ``doc_words`` [T, W] split by ``offsets`` [N + 1]: [Q, N] scores,
-    or [Q, C] for ``candidates`` [Q, C] page indices. Queries go in batches of ``query_batch``, so the per-page
-    working set stays in cache."""
+    starts[i]:starts[i + 1]) against the pages of ``doc_words`` [T, W] split by ``offsets`` [N + 1] -> [Q, N] scores.
+    Queries go in batches of ``query_batch``, so the per-page working set stays in cache. ``doc_words`` may be a
+    view of the first word of longer codes (with ``query_words`` cut the same way and ``dim`` 64)."""
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    if candidates is not None:
-        return _maxsim_pairs(np.ascontiguousarray(query_words), starts, doc_words, offsets,
-                             np.ascontiguousarray(candidates, dtype=np.int64), dim)
     out = []
     for s in range(0, len(starts) - 1, query_batch):
         batch = starts[s : s + query_batch + 1]
         rows = np.ascontiguousarray(query_words[batch[0] : batch[-1]].T)  # [W, rows]
-        kernel = _maxsim_all_2words if rows.shape[0] == 2 else _maxsim_all
+        kernel = {1: _maxsim_all_1word, 2: _maxsim_all_2words}.get(rows.shape[0], _maxsim_all)
         out.append(kernel(rows, batch - batch[0], doc_words, offsets, dim))
     return np.concatenate(out) if out else np.zeros((0, len(offsets) - 1), np.float32)
 
