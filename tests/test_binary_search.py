@@ -148,6 +148,33 @@ def test_cascade_ranks_the_64_bit_stage_best_by_whole_codes() -> None:
         assert set(ids[i].tolist()) <= set(kept.tolist())
 
 
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 30), st.integers(0, 10_000))
+def test_cascade_pool_follows_its_rule(empty: int, seed: int) -> None:
+    """The pool = the 64-bit score's best 3/4, then the best by score relative to the page's eighth by length (median
+    and median absolute deviation, pages with tokens only: pages without tokens are never candidates)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 60, (56,), generator=g).tolist()
+    docs = [torch.zeros(0, 128)] * empty + vectors(lengths, 128, seed)
+    q = pad_vectors(vectors([4, 2], 128, seed + 1))
+    index = BinaryIndex(docs)
+    pool = index.cascade_pool(q, 24)
+    scores = index.first_stage(q, "prefix").numpy()
+    eighths = np.array_split(np.argsort([0] * empty + lengths, kind="stable")[empty:], 8)
+    for i in range(len(q)):
+        best = set(torch.from_numpy(scores[i]).topk(18).indices.tolist())
+        relative = {}
+        for members in eighths:
+            x = scores[i, members]
+            median = np.median(x)  # 7 members each: the middle one, as torch's median
+            spread = max(1.0, float(np.median(np.abs(x - median))))
+            relative.update({int(m): (v - median) / spread for m, v in zip(members, x, strict=True)})
+        rest = sorted((p for p in relative if p not in best), key=lambda p: -relative[p])
+        assert set(pool[i, :18].tolist()) == best
+        cut = relative[rest[5]]  # the 6th best by relative score: ties at the cut may go either way
+        assert all(relative[p] >= cut for p in pool[i, 18:].tolist())
+
+
 def test_binary_maxsim_kernel_batches_and_empty_pages() -> None:
     """Query batches give the same scores as one batch; a page without tokens scores 0 (the index masks it)."""
     q = pad_vectors(vectors([3, 5, 2, 4], 128, 0))

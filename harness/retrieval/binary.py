@@ -84,7 +84,7 @@ class BinaryIndex:
         self.pooled_bits = np.stack([majority_vote(bits[a:b], self.dim) if b > a else np.zeros(bits.shape[1], np.uint8)
                                      for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)])
         self.has_tokens = torch.from_numpy(lengths > 0)
-        by_length = np.argsort(lengths, kind="stable")
+        by_length = np.argsort(lengths, kind="stable")[(lengths == 0).sum():]  # pages with tokens, shortest first
         self._length_eighths = [torch.from_numpy(m) for m in np.array_split(by_length, 8) if len(m)]
 
     @property
