@@ -79,75 +79,57 @@ def _page_scores(best, starts, dim, out, p):
         out[i, p] = total
 
 
-@_compiled(parallel=True)
-def _maxsim_all(q, starts, docs, offsets, dim):
-    """q [W, R] the queries' real token words (word-major, so the inner loop over rows vectorises), query i's rows
-    starts[i]:starts[i + 1]; docs [T, W] page-token words, page p's tokens docs[offsets[p]:offsets[p + 1]] -> [Q, N]
-    sum over each query's tokens of the best Hamming similarity in the page (0 for a page without tokens)."""
-    words, rows = q.shape
-    pages = len(offsets) - 1
-    out = np.zeros((len(starts) - 1, pages), np.float32)
-    for p in prange(pages):
-        best = np.full(rows, 1 << 30, np.int64)  # fewest differing bits so far
-        diff = np.empty(rows, np.int64)
-        for t in range(offsets[p], offsets[p + 1]):
-            diff[:] = 0
-            for w in range(words):
-                word = docs[t, w]
-                for r in range(rows):
-                    diff[r] += np.int64(_popcount(q[w, r] ^ word))
-            for r in range(rows):
-                best[r] = min(best[r], diff[r])
-        if offsets[p + 1] > offsets[p]:
-            _page_scores(best, starts, dim, out, p)
-    return out
-
-
-@_compiled(parallel=True)
-def _maxsim_all_2words(q, starts, docs, offsets, dim):
-    """``_maxsim_all`` for vectors of two words (65-128 dimensions, the Col* models' 128): two page tokens per pass
-    over the query rows, each row's words loaded once for both (1.8x the general loop)."""
-    rows = q.shape[1]
-    pages = len(offsets) - 1
-    out = np.zeros((len(starts) - 1, pages), np.float32)
-    q0, q1 = q[0], q[1]
-    for p in prange(pages):
-        best = np.full(rows, 1 << 30, np.int64)
-        t, end = offsets[p], offsets[p + 1]
+@_compiled()
+def _scan_page(q, docs, t, end, best):
+    """best[r] = min(best[r], fewest bits in which query row r (q [W, n], word-major, so the loops over rows
+    vectorise) differs from a page token docs[t:end]. One-word codes take four page tokens per pass over the rows,
+    two-word codes (65-128 dimensions, the Col* models' 128) two, each row's words loaded once for all of them (1.8x
+    one token per pass); the last token is repeated where fewer are left. ``docs`` may be a column view."""
+    words, n = q.shape
+    if words == 1:
+        q0 = q[0]
+        while t < end:
+            a, b = docs[t, 0], docs[min(t + 1, end - 1), 0]
+            c, d = docs[min(t + 2, end - 1), 0], docs[min(t + 3, end - 1), 0]
+            for r in range(n):
+                x = q0[r]
+                m = min(min(_popcount(x ^ a), _popcount(x ^ b)), min(_popcount(x ^ c), _popcount(x ^ d)))
+                best[r] = min(best[r], np.int64(m))
+            t += 4
+    elif words == 2:
+        q0, q1 = q[0], q[1]
         while t < end:
             a0, a1 = docs[t, 0], docs[t, 1]
-            b0, b1 = docs[min(t + 1, end - 1), 0], docs[min(t + 1, end - 1), 1]  # the last token twice if odd
-            for r in range(rows):
+            b0, b1 = docs[min(t + 1, end - 1), 0], docs[min(t + 1, end - 1), 1]
+            for r in range(n):
                 x0, x1 = q0[r], q1[r]
                 da = np.int64(_popcount(x0 ^ a0) + _popcount(x1 ^ a1))
                 db = np.int64(_popcount(x0 ^ b0) + _popcount(x1 ^ b1))
                 best[r] = min(best[r], min(da, db))
             t += 2
-        if end > offsets[p]:
-            _page_scores(best, starts, dim, out, p)
-    return out
+    else:
+        diff = np.empty(n, np.int64)
+        for u in range(t, end):
+            diff[:] = 0
+            for w in range(words):
+                word, row = docs[u, w], q[w]
+                for r in range(n):
+                    diff[r] += np.int64(_popcount(row[r] ^ word))
+            for r in range(n):
+                best[r] = min(best[r], diff[r])
 
 
 @_compiled(parallel=True)
-def _maxsim_all_1word(q, starts, docs, offsets, dim):
-    """``_maxsim_all`` for one-word vectors (up to 64 dimensions, or the first word of longer codes: ``docs`` may be a
-    column view): four page tokens per pass over the query rows."""
-    rows = q.shape[1]
+def _maxsim_all(q, starts, docs, offsets, dim):
+    """q [W, R] the queries' real token words (word-major), query i's rows starts[i]:starts[i + 1]; docs [T, W]
+    page-token words, page p's tokens docs[offsets[p]:offsets[p + 1]] -> [Q, N] sum over each query's tokens of the
+    best Hamming similarity in the page (0 for a page without tokens)."""
     pages = len(offsets) - 1
     out = np.zeros((len(starts) - 1, pages), np.float32)
-    q0 = q[0]
     for p in prange(pages):
-        best = np.full(rows, 1 << 30, np.int64)
-        t, end = offsets[p], offsets[p + 1]
-        while t < end:  # the last token repeated where fewer than four are left
-            a, b = docs[t, 0], docs[min(t + 1, end - 1), 0]
-            c, d = docs[min(t + 2, end - 1), 0], docs[min(t + 3, end - 1), 0]
-            for r in range(rows):
-                x = q0[r]
-                m = min(min(_popcount(x ^ a), _popcount(x ^ b)), min(_popcount(x ^ c), _popcount(x ^ d)))
-                best[r] = min(best[r], np.int64(m))
-            t += 4
-        if end > offsets[p]:
+        best = np.full(q.shape[1], 1 << 30, np.int64)  # fewest differing bits so far
+        _scan_page(q, docs, offsets[p], offsets[p + 1], best)
+        if offsets[p + 1] > offsets[p]:
             _page_scores(best, starts, dim, out, p)
     return out
 
@@ -156,9 +138,8 @@ def _maxsim_all_1word(q, starts, docs, offsets, dim):
 def _maxsim_groups(q, starts, pair_query, bounds, pages, docs, offsets, dim):
     """q [W, R] the queries' real rows (word-major; query i's rows starts[i]:starts[i + 1]); the pairs
     bounds[g]:bounds[g + 1] (their queries: pair_query) all keep page pages[g] -> [P] each pair's binary MaxSim (0 for
-    a page without tokens).
-    Each page is read once, against the rows of all its pairs' queries gathered side by side (long loops that
-    vectorise, as in ``_maxsim_all``); two-word codes take two tokens per pass, as ``_maxsim_all_2words``."""
+    a page without tokens). Each page is read once, against the rows of all its pairs' queries gathered side by side
+    (long loops that vectorise, as in ``_maxsim_all``)."""
     words = q.shape[0]
     out = np.zeros(len(pair_query), np.float32)
     for g in prange(len(pages)):
@@ -176,27 +157,7 @@ def _maxsim_groups(q, starts, pair_query, bounds, pages, docs, offsets, dim):
                     rows[w, r] = q[w, s]
                 r += 1
         best = np.full(n, 1 << 30, np.int64)
-        if words == 2:
-            q0, q1 = rows[0], rows[1]
-            while t < end:
-                a0, a1 = docs[t, 0], docs[t, 1]
-                b0, b1 = docs[min(t + 1, end - 1), 0], docs[min(t + 1, end - 1), 1]
-                for r in range(n):
-                    x0, x1 = q0[r], q1[r]
-                    da = np.int64(_popcount(x0 ^ a0) + _popcount(x1 ^ a1))
-                    db = np.int64(_popcount(x0 ^ b0) + _popcount(x1 ^ b1))
-                    best[r] = min(best[r], min(da, db))
-                t += 2
-        else:
-            diff = np.empty(n, np.int64)
-            for t in range(offsets[pages[g]], end):
-                diff[:] = 0
-                for w in range(words):
-                    word, row = docs[t, w], rows[w]
-                    for r in range(n):
-                        diff[r] += np.int64(_popcount(row[r] ^ word))
-                for r in range(n):
-                    best[r] = min(best[r], diff[r])
+        _scan_page(rows, docs, t, end, best)
         r = 0
         for k in range(bounds[g], bounds[g + 1]):
             total = 0
@@ -230,8 +191,7 @@ def binary_maxsim(query_words: np.ndarray, starts: np.ndarray, doc_words: np.nda
     for s in range(0, len(starts) - 1, query_batch):
         batch = starts[s : s + query_batch + 1]
         rows = np.ascontiguousarray(query_words[batch[0] : batch[-1]].T)  # [W, rows]
-        kernel = {1: _maxsim_all_1word, 2: _maxsim_all_2words}.get(rows.shape[0], _maxsim_all)
-        out.append(kernel(rows, batch - batch[0], doc_words, offsets, dim))
+        out.append(_maxsim_all(rows, batch - batch[0], doc_words, offsets, dim))
     return np.concatenate(out) if out else np.zeros((0, len(offsets) - 1), np.float32)
 
 
