@@ -125,14 +125,13 @@ class BinaryIndex:
         proportional to the (query, page) pairs and is done in a few large pieces when queries share candidates.
         A query without real rows scores 0; a page without tokens scores -1 per real query token in float (as
         ``maxsim``) and 0 in binary (as the ``multi`` first stage)."""
-        real = queries.abs().sum(-1) != 0
-        starts = np.concatenate([[0], np.cumsum(real.sum(1).numpy())]).astype(np.int64)
+        words, starts = self._query_rows(queries)
         pairs = _group_pairs(table)
         if binary:
-            sums = grouped_binary_maxsim(as_words(pack_bits(queries)[real.numpy()]), starts, pairs.query, pairs.bounds,
-                                         pairs.pages, self.words, self.offsets, self.dim)
+            sums = grouped_binary_maxsim(words, starts, pairs.query, pairs.bounds, pairs.pages, self.words,
+                                         self.offsets, self.dim)
         else:
-            sums = self._float_sums(queries[real], starts, pairs)
+            sums = self._float_sums(queries[queries.abs().sum(-1) != 0], starts, pairs)
         out = torch.full(table.shape, float("-inf"))
         out.view(-1)[torch.from_numpy(pairs.slots)] = torch.from_numpy(sums).float()
         return out
