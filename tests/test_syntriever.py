@@ -181,3 +181,34 @@ def test_empty_corpus_queries_are_an_error(tmp_path: Path, llm: ScriptedLLM) -> 
     corpus = TrainingCorpus("c", [Page("d0", text="x")], {"q0": "question"}, {"q0": {"missing": 1}})
     with pytest.raises(ValueError, match="no training query"):
         recipe.train(backbone, corpus, recipe.Config(stages=1), tmp_path / "a" / "b" / "c")
+
+
+def test_query_filter_keeps_pseudo_queries_their_page_makes_more_likely(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """query_filter ql-pmi: a pseudo-query survives only when log p(query | its page) > log p(query) (PMI > 0)."""
+    from harness.synth import operations as ops
+    from harness.synth.store import SynthStore
+
+    pages = [Page("p0", text="the eiffel tower is in paris"), Page("p1", text="mitochondria make energy")]
+    written = {"p0": ["where is the eiffel tower", "how tall are giraffes"], "p1": ["what do mitochondria make"]}
+    monkeypatch.setattr(ops, "pseudo_queries", lambda backend, store, ps, **kw: (
+        {p.id: written[p.id] for p in ps}, ops.Report("queries")))
+
+    class PageAwareLM(ScriptedLLM):
+        def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[Score]:
+            out = []
+            for p, c in zip(prompts, continuations, strict=True):
+                words = set(c.split())
+                per_token = -2.0 if not p.pages else (-1.0 if words & set(p.pages[0].text.split()) else -3.0)
+                out.append(Score(per_token * len(words), len(words)))
+            return out
+
+    corpus = TrainingCorpus("c", pages)
+    report: dict[str, Any] = {}
+    with SynthStore(tmp_path / "s.jsonl") as store:
+        kept = recipe.training_queries(PageAwareLM(), store, corpus,
+                                       recipe.Config(max_pages=None, query_filter="ql-pmi"), report)
+        unfiltered = recipe.training_queries(PageAwareLM(), store, corpus, recipe.Config(max_pages=None), {})
+    assert sorted(q.text for q in kept) == ["what do mitochondria make", "where is the eiffel tower"]
+    assert len(unfiltered) == 3
+    assert report["query_filter"]["queries"] == 3 and report["query_filter"]["kept"] == 2
