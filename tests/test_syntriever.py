@@ -212,3 +212,18 @@ def test_query_filter_keeps_pseudo_queries_their_page_makes_more_likely(tmp_path
     assert sorted(q.text for q in kept) == ["what do mitochondria make", "where is the eiffel tower"]
     assert len(unfiltered) == 3
     assert report["query_filter"]["queries"] == 3 and report["query_filter"]["kept"] == 2
+
+
+def test_stage1_examples_with_and_without_the_generated_passages() -> None:
+    from models.syntriever.data import TrainQuery
+
+    pages = {"g": Page("g", text="gold page")}
+    tq = TrainQuery("q", "a question", ["g"], positives=[Page("q:pos0", text="kept passage")],
+                    negatives=[Page("q:neg0", text="irrelevant passage")], cot=Page("q:cot", text="reasoning"))
+    ids = [[p.id for p in e.positives] + ["|"] + [p.id for p in e.negatives]
+           for e in recipe.stage1_examples([tq], pages, recipe.Config())]
+    assert ids == [["g", "q:pos0", "q:cot", "|", "q:neg0"]]
+    single = recipe.stage1_examples([tq], pages, recipe.Config(loss="single_target"))[0]
+    assert [p.id for p in single.positives] == ["g"] and len(single.negatives) == 3
+    bare = recipe.stage1_examples([tq], pages, recipe.Config(use_passages=False))[0]
+    assert [p.id for p in bare.positives] == ["g", "q:cot"] and bare.negatives == []

@@ -61,6 +61,7 @@ class Config(BaseModel):
     passage_tokens: int = Field(96, ge=8)  # cap on each generated passage / CoT
     verify: bool = True
     use_cot: bool = True
+    use_passages: bool = True  # ablation (false): train without the generated passages (gold pages and CoT only)
     synthetic_as: Literal["auto", "text", "image"] = "auto"
     # page setting (no training split): pseudo-queries
     max_pages: int | None = Field(30, ge=1)
@@ -144,11 +145,12 @@ def stage1_examples(queries: list[TrainQuery], pages: dict[str, Page], config: C
     out = []
     for tq in queries:
         gold = [pages[g] for g in tq.gold]
-        extra = tq.positives + ([tq.cot] if tq.cot else [])
+        passages, negatives = (tq.positives, list(tq.negatives)) if config.use_passages else ([], [])
+        extra = passages + ([tq.cot] if tq.cot else [])
         if config.loss == "multi_positive":
-            out.append(Example(tq.text, gold + extra, list(tq.negatives)))
+            out.append(Example(tq.text, gold + extra, negatives))
         else:
-            out.append(Example(tq.text, gold[:1], extra + list(tq.negatives)))
+            out.append(Example(tq.text, gold[:1], extra + negatives))
     return out
 
 
