@@ -183,3 +183,18 @@ def test_a_wrong_backend_option_is_a_clear_error(text_folder: Path, tmp_path: Pa
     args = ["synth", "queries", str(text_folder), "--store", str(tmp_path / "s.jsonl"), "--set", "colour=red"]
     assert main(args) == 2
     assert "colour: Extra inputs are not permitted" in capsys.readouterr().err
+
+
+def test_cost_counts_the_records_behind_a_result_served_or_new(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    with SynthStore(path) as store:
+        ops.judge_query_likelihood(FakeBackend(), store, _items(3), progress=False)
+        made = store.cost()
+        start = len(store.used)
+        ops.judge_query_likelihood(FakeBackend(), store, _items(2), progress=False)  # served again, same run
+        assert store.cost(start)[0] == 2
+    assert made[0] == 3
+    with SynthStore(path) as store:  # a rerun from a warm store: no new call, the same cost
+        again = FakeBackend()
+        ops.judge_query_likelihood(again, store, _items(3), progress=False)
+        assert again.calls == 0 and store.cost() == made

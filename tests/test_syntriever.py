@@ -124,6 +124,16 @@ def test_text_setting_both_stages_through_the_pipeline(split_folder: Path, tmp_p
     run_records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("syntriever*/*/*.json")]
     assert {r["variant"] for r in run_records} == {"syntriever-s1", "syntriever-s2"}
     assert all(r["training"]["llm_calls"] > 0 for r in run_records)
+    # another stage-1 setting from the warm store: no new call, and the row still reports the calls behind its data
+    calls = llm.calls
+    again = {"name": "syntriever", "config": {**common, "stages": 1, "train": {"batch_size": 4, "steps": 3}},
+             "train_corpus": train_spec}
+    run(_text_run(split_folder, tmp_path / "results", ["base", again]))
+    assert llm.calls == calls
+    fresh = [json.loads(p.read_text())
+             for p in (tmp_path / "checkpoints" / "syntriever").glob("*/*-train-*/training.json")]
+    redo = [r for r in fresh if r["stages_trained"] == 1 and r["stage1"]["train"]["steps"] == 3]
+    assert len(redo) == 1 and redo[0]["llm_calls"] == 16 and redo[0]["per_stage"]["stage1"]["llm_new"] == 0
 
 
 def test_the_evaluated_split_is_never_a_training_split(split_folder: Path, tmp_path: Path) -> None:

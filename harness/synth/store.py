@@ -56,6 +56,7 @@ class SynthStore:
         self.bad_lines = 0  # malformed lines skipped (a truncated last line after a kill, or damage)
         self.reused = 0  # records served from the file instead of calling the model
         self.written = 0
+        self.used: list[str] = []  # keys served or written by this process, in order (what a result was built from)
         self._load()
 
     def _load(self) -> None:
@@ -87,7 +88,16 @@ class SynthStore:
         record = self.records.get(key)
         if record is not None:
             self.reused += 1
+            self.used.append(key)
         return record
+
+    def cost(self, start: int = 0) -> tuple[int, int]:
+        """(model calls, prompt + generated tokens) behind the records used since ``used[start]``, whether this run
+        made them or served them from the store: the cost of the data, not of this run."""
+        keys = set(self.used[start:])
+        tokens = sum(int(self.records[k].get("n_prompt_tokens") or 0) + int(self.records[k].get("n_tokens") or 0)
+                     for k in keys)
+        return len(keys), tokens
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         if "key" not in record:
@@ -95,6 +105,7 @@ class SynthStore:
         record.setdefault("time", now_iso())
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         with self._lock:
+            self.used.append(record["key"])
             if record["key"] in self.records:  # written by another thread of this run meanwhile: keep one
                 return self.records[record["key"]]
             self._file.seek(0, os.SEEK_END)

@@ -222,9 +222,13 @@ def _stage_lines(path: Path, stage: int) -> list[str]:
     return [json.dumps({**json.loads(line), "stage": stage}) for line in path.read_text().splitlines() if line]
 
 
-def _llm(backend: CountingBackend, before: tuple[int, int], seconds: float) -> dict[str, Any]:
-    calls, tokens = backend.snapshot()
-    return {"llm_calls": calls - before[0], "llm_tokens": tokens - before[1], "wall_s": round(seconds, 3)}
+def _llm(backend: CountingBackend, before: tuple[int, int], store: Any, used_from: int,
+         seconds: float) -> dict[str, Any]:
+    """The model calls behind a stage's data (made now or served from the store) and the new ones this run made."""
+    calls, tokens = store.cost(used_from)
+    new_calls, new_tokens = backend.snapshot()
+    return {"llm_calls": calls, "llm_tokens": tokens, "llm_new": new_calls - before[0],
+            "llm_new_tokens": new_tokens - before[1], "wall_s": round(seconds, 3)}
 
 
 def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: Path) -> Path:
@@ -266,14 +270,14 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             s1["reused"] = True
         else:
             t = time.perf_counter()
-            before = backend.snapshot()
+            before, used_from = backend.snapshot(), len(store.used)
             info: dict[str, Any] = {}
             queries = training_queries(backend, store, corpus, config, info)
             queries = [q for q in queries if all(g in pages for g in q.gold) and q.gold]
             if not queries:
                 raise ValueError(f"syntriever: no training query with a gold page in corpus {corpus.name!r}")
             synthesize(backend, store, queries, config, as_image, info)
-            synth = _llm(backend, before, time.perf_counter() - t)
+            synth = _llm(backend, before, store, used_from, time.perf_counter() - t)
             t = time.perf_counter()
             train_q, val_q = split_validation(queries, config)
             result = train_stage1(backbone, train_q, val_q, pages, config, stage1_dir)
@@ -294,9 +298,9 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             tops, ref = retrieve(backbone, queries, corpus_pages, config.top_k, config.temperature)
             retrieve_s = time.perf_counter() - t
             t = time.perf_counter()
-            before = backend.snapshot()
+            before, used_from = backend.snapshot(), len(store.used)
             prefs, reps = judge_topk(backend, store, queries, tops, corpus_pages, config.judge)
-            judge = _llm(backend, before, time.perf_counter() - t)
+            judge = _llm(backend, before, store, used_from, time.perf_counter() - t)
             t = time.perf_counter()
             groups = stage2_groups(queries, tops, prefs, ref)
             if not groups:
@@ -323,8 +327,10 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
     s2_llm = record.get("stage2", {}).get("judge", {"llm_calls": 0, "llm_tokens": 0, "wall_s": 0.0})
     record["per_stage"] = {
         "stage1": {"llm_calls": s1_llm["llm_calls"], "llm_tokens": s1_llm["llm_tokens"],
+                   "llm_new": s1_llm.get("llm_new", s1_llm["llm_calls"]),
                    "llm_wall_s": s1_llm["wall_s"], "train_s": record["stage1"]["train_s"]},
         **({"stage2": {"llm_calls": s2_llm["llm_calls"], "llm_tokens": s2_llm["llm_tokens"],
+                       "llm_new": s2_llm.get("llm_new", s2_llm["llm_calls"]),
                        "llm_wall_s": s2_llm["wall_s"], "retrieve_s": record["stage2"]["retrieve_s"],
                        "train_s": record["stage2"]["train_s"]}} if config.stages == 2 else {}),
     }
