@@ -184,15 +184,10 @@ def _generate(backbone: Backbone, config: Config, out_dir: Path, stages: Stages,
             ranked = rank_fused(backbone, config, [pages[i] for i in ids], queries)
         with stages("judge"):
             labels, jreport = judge_queries(backend, store, config, queries, source, ranked, pages, rng)
-        # The model calls behind this training: the store's records for the sampled pages' queries and for these
-        # queries' judgements (a shared store also holds other recipes' calls; the reports' counts include records
-        # served twice, PMI priors per round).
-        chosen = set(sampled)
-        mine = [r for r in store.records.values()
-                if (r.get("op") == "queries" and r.get("inputs", {}).get("page") in chosen)
-                or (r.get("op", "").startswith("judge") and r.get("inputs", {}).get("query") in queries)]
-        llm = {"llm_calls": len(mine), "llm_new": store.written,
-               "llm_tokens": sum(int(r.get("n_prompt_tokens") or 0) + int(r.get("n_tokens") or 0) for r in mine)}
+        # The model calls behind this training: the records this run used, made now or served from the store
+        # (a shared store also holds other recipes' and other settings' calls, which do not count).
+        calls, tokens = store.cost()
+        llm = {"llm_calls": calls, "llm_new": store.written, "llm_tokens": tokens}
         notes["judging"] = jreport
     # 4. split by source page
     with_queries = sorted({source[q] for q in labels})
