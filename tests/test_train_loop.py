@@ -202,6 +202,32 @@ def test_checkpoint_choice_ties_go_to_the_later_state_and_small_sets_keep_the_la
     assert small.chosen() is None  # 4 validation queries select nothing: the last state is kept
 
 
+@pytest.mark.parametrize("name", ["colintern", "colqwen3vl", "supervised", "svrag", "syntr", "syntriever"])
+def test_a_partial_train_block_keeps_the_recipes_other_defaults(name: str) -> None:
+    from harness.variants import get_variant
+
+    config_cls = get_variant(name).recipe.Config
+    defaults = config_cls()
+    loops = [k for k in config_cls.model_fields if isinstance(getattr(defaults, k), LoopSpec)]
+    assert "train" in loops
+    for key in loops:
+        default = getattr(defaults, key)
+        given = config_cls.model_validate({key: {"steps": default.steps + 7}})
+        spec = getattr(given, key)
+        assert spec.steps == default.steps + 7
+        # every other setting is the recipe's, not LoopSpec's generic one, and "unless given" checks see only
+        # what the recipe's default and the config named
+        assert spec.model_dump(exclude={"steps"}) == default.model_dump(exclude={"steps"})
+        assert spec.model_fields_set == default.model_fields_set | {"steps"}
+        # a key the config names wins over the recipe's; an unknown key is still an error naming it
+        assert getattr(config_cls.model_validate({key: {"grad_accum": 3}}), key).grad_accum == 3
+        with pytest.raises(ValueError, match="stpes"):
+            config_cls.model_validate({key: {"stpes": 1}})
+    # the case the merge is for: ColQwen3VL's accumulation and ColIntern's weight decay survive a partial block
+    assert get_variant("colqwen3vl").recipe.Config.model_validate({"train": {"steps": 5}}).train.grad_accum == 8
+    assert get_variant("colintern").recipe.Config.model_validate({"train": {"steps": 5}}).train.weight_decay == 0.0
+
+
 def test_a_step_zero_choice_restores_the_untrained_state(tmp_path: Path) -> None:
     model = _Toy()
     start = model.q.detach().clone()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch.utils.data import Dataset
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -65,6 +65,23 @@ class LoopSpec(BaseModel):
     logging_steps: int = Field(1, ge=1)  # loss.jsonl: one line per logged step (the mean since the last)
     seed: int = 0
     bf16: bool = False
+
+
+def over_recipe_defaults(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A config's loop settings (``train: {steps: 300}``) override the recipe's defaults key by key: the keys it does
+    not name keep the recipe's values (the field's default), not LoopSpec's generic ones (which silently dropped,
+    say, ColQwen3VL's grad_accum 8 or ColIntern's weight_decay 0). Only the keys the recipe's default sets are
+    merged, so "unless given" checks on ``model_fields_set`` (ColQwen3VL's lr) still see what the config named."""
+    if isinstance(value, dict):
+        default = cls.model_fields[str(info.field_name)].get_default(call_default_factory=True)
+        if isinstance(default, LoopSpec):
+            return {**default.model_dump(exclude_unset=True), **value}
+    return value
+
+
+def recipe_loops(*fields: str) -> Any:
+    """``_loops = recipe_loops("train")`` in a recipe's Config: those LoopSpec fields merge over its defaults."""
+    return field_validator(*fields, mode="before")(classmethod(over_recipe_defaults))
 
 
 class Validator(Protocol):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.train.loop import LoopSpec
+from harness.train.loop import LoopSpec, recipe_loops
 from harness.train.lora import LoraSpec
 
 TRAINING_FILE, LOSS_FILE, MINED_FILE, STAGE_FILE = "training.json", "loss.jsonl", "mined_triples.jsonl", "stage.json"
@@ -50,6 +50,7 @@ class Config(BaseModel):
     temperature: float = Field(0.02, gt=0)
     train: LoopSpec = Field(default_factory=_default_train)  # stage 1
     mined_train: LoopSpec = Field(default_factory=_default_mined_train)  # stage 2
+    _loops = recipe_loops("train", "mined_train")
     val_fraction: float = Field(0.15, ge=0, lt=1)  # source pages held out (with all their queries) for validation
     val_pool: int | None = Field(None, ge=1)  # pages validation ranks over (own + a seeded sample); None: all
     seed: int = 0  # page sample and validation split

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.backbones import Backbone, Page
 from harness.io import atomic_write_text
-from harness.train.loop import LoopSpec, run_loop
+from harness.train.loop import LoopSpec, recipe_loops, run_loop
 from harness.train.lora import LoraSpec
 from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator
 from harness.train.record import (
@@ -77,6 +77,7 @@ class Config(BaseModel):
     # lr: LORA_LR or FULL_LR by the fine-tuning mode, unless given
     train: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=100, batch_size=2, grad_accum=8, schedule="cosine",
                                                              warmup=0.1))
+    _loops = recipe_loops("train")
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

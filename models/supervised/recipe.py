@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page
-from harness.train.loop import LoopSpec, run_loop
+from harness.train.loop import LoopSpec, recipe_loops, run_loop
 from harness.train.lora import LoraSpec
 from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator, rank
 from harness.train.record import finetune_mode, prepare_finetune, save_final, write_training_record
@@ -40,6 +40,7 @@ class Config(BaseModel):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     val_pool: int = Field(100, ge=1)
     train: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=200, batch_size=16, lr=2e-5))
+    _loops = recipe_loops("train")
     seed: int = 0
 
 

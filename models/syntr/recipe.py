@@ -42,7 +42,7 @@ from harness.backbones import Backbone, Page, build_backbone
 from harness.evaluate.metrics import per_query_scores
 from harness.io import atomic_write_text
 from harness.train import LoraSpec, Stages, attach_lora, write_training_record
-from harness.train.loop import LoopSpec, run_loop
+from harness.train.loop import LoopSpec, recipe_loops, run_loop
 from harness.train.lora import save_trainable
 from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator
 from harness.train.objectives import rank as rank_pages
@@ -92,6 +92,7 @@ class Config(BaseModel):
     temperature: float = Field(0.02, gt=0)
     val_pool: int = Field(100, ge=1)  # pages the validation queries are ranked over (their own + a seeded sample)
     train: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=300, batch_size=8, lr=2e-4))
+    _loops = recipe_loops("train")
 
 
 EXAMPLES_FILE, GENERATED_FILE = "examples.jsonl", "examples.done"

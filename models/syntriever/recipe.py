@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from harness.backbones import Backbone, Page
 from harness.io import atomic_write_json, atomic_write_lines
-from harness.train.loop import LoopResult, LoopSpec, run_loop
+from harness.train.loop import LoopResult, LoopSpec, recipe_loops, run_loop
 from harness.train.lora import LoraSpec, load_trainable
 from harness.train.objectives import ContrastiveCollator, ContrastiveObjective, Example, PageValidator
 from harness.train.record import FULL_FILE, finetune_mode, prepare_finetune, save_final
@@ -87,6 +87,7 @@ class Config(BaseModel):
     # Each query brings its top_k pages with gradient: 8 queries x top 3 of dense multi-chunk pages took 9.6 GB on CPU
     # (killed for memory on a 24 GB machine); 4 x 3 fits in about 4 GB.
     stage2: LoopSpec = Field(default_factory=lambda: LoopSpec(steps=50, batch_size=4, lr=1e-5))
+    _loops = recipe_loops("train", "stage2")
     reg_weight: float = Field(0.0, ge=0)
     # optimisation
     finetune: Literal["auto", "full", "lora"] = "auto"
