@@ -31,7 +31,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +45,9 @@ from harness.train.record import FULL_FILE, finetune_mode, prepare_finetune, sav
 from harness.variants import TrainingCorpus
 from models.syntriever.data import CountingBackend, TrainQuery, passage_page, query_id, subsample
 from models.syntriever.stage2 import AlignmentObjective, judge_topk, retrieve, stage2_groups
+
+if TYPE_CHECKING:  # imported where used: the store opens lazily in train()
+    from harness.synth.store import SynthStore
 
 log = logging.getLogger(__name__)
 TRAINS = True
@@ -223,7 +226,7 @@ def _stage_lines(path: Path, stage: int) -> list[str]:
     return [json.dumps({**json.loads(line), "stage": stage}) for line in path.read_text().splitlines() if line]
 
 
-def _llm(backend: CountingBackend, before: tuple[int, int], store: Any, used_from: int,
+def _llm(backend: CountingBackend, before: tuple[int, int], store: SynthStore, used_from: int,
          seconds: float) -> dict[str, Any]:
     """The model calls behind a stage's data (made now or served from the store) and the new ones this run made."""
     calls, tokens = store.cost(used_from)
