@@ -152,7 +152,7 @@ def test_timeout_is_retried_then_a_clear_error_keeping_finished_records(scripted
     # Requests 1-2 answer; from the 3rd on the server sleeps past the client's timeout.
     url, server = scripted(lambda n: (200, _answer("Not Relevant"), 0) if n <= 2 else (200, _answer("late"), 1.5))
     backend = OpenAIBackend(url, "m", concurrency=1, timeout_s=0.3, retries=1, backoff_s=0.01)
-    items = [ops.JudgeItem(f"q{i}", "Q?", PAGES[0]) for i in range(4)]
+    items = [ops.JudgeItem(f"q{i}", f"Q{i}?", PAGES[0]) for i in range(4)]
     path = tmp_path / "s.jsonl"
     with SynthStore(path) as store, pytest.raises(ops.OperationError, match="2 new record") as err:
         ops.judge_graded(backend, store, items, progress=False)

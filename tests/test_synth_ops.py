@@ -70,7 +70,7 @@ def test_judges_on_the_packaged_model(backend, tmp_path: Path) -> None:  # noqa:
     # answers the parser read count as ok
     graded_records = {(r["inputs"]["query"], r["inputs"]["page"]): r for r in map(
         json.loads, (tmp_path / "s.jsonl").read_text().splitlines()) if r["op"] == "judge_graded"}
-    raws = [graded_records[(it.query_id, it.page.id)]["raw"].lower() for it in items]
+    raws = [graded_records[(it.query, it.page.id)]["raw"].lower() for it in items]
     assert all(label is None or label in raw for label, raw in zip(labels, raws, strict=True))
     assert graded.statuses.get("ok", 0) == sum(label is not None for label in labels) and len(labels) == 4
     assert prefs[0] is not None and 0 <= prefs[0] <= 1 and pair.calls == 2

@@ -107,6 +107,35 @@ def test_resume_serves_stored_records_and_writes_no_duplicates(tmp_path: Path) -
     assert all(isinstance(s, float) for s in scores)
 
 
+def test_judgements_are_keyed_by_what_was_judged_not_by_the_callers_ids(tmp_path: Path) -> None:
+    page = Page(id="d0", text="page 0")
+    with SynthStore(tmp_path / "s.jsonl") as store:
+        first, _ = ops.judge_query_likelihood(FakeBackend(), store, [ops.JudgeItem("p#q0", "what is X?", page)],
+                                              pmi=True, progress=False)
+        # the same id for another query (SynTR's positional ids after a prompt change) is a new judgement ...
+        backend = FakeBackend()
+        _, report = ops.judge_query_likelihood(backend, store, [ops.JudgeItem("p#q0", "where is Y?", page)],
+                                               pmi=True, progress=False)
+        assert backend.calls == 2 and report.reused == 0
+        # ... another id for the same query and page (another recipe) is the stored one
+        backend = FakeBackend()
+        again, report = ops.judge_query_likelihood(backend, store, [ops.JudgeItem("pq-1", "what is X?", page)],
+                                                   pmi=True, progress=False)
+        assert backend.calls == 0 and report.reused == 2 and again == first
+        # and a page whose text changed under the same id (a regenerated passage) is judged again
+        backend = FakeBackend()
+        ops.judge_yesno(backend, store, [ops.JudgeItem("q", "what is X?", Page(id="q:relevant", text="one"))],
+                        progress=False)
+        ops.judge_yesno(backend, store, [ops.JudgeItem("q", "what is X?", Page(id="q:relevant", text="two"))],
+                        progress=False)
+        assert backend.calls == 2
+        # the same judgement asked twice in one batch is one call, served to both
+        backend = FakeBackend()
+        twice = [ops.JudgeItem(f"a{i}", "why?", page) for i in range(2)]
+        values, report = ops.judge_query_likelihood(backend, store, twice, progress=False)
+        assert backend.calls == 1 and values[0] == values[1] and report.notes == {"repeated_calls": 1}
+
+
 def test_truncated_last_line_is_counted_cut_and_redone(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     with SynthStore(path) as store:

@@ -173,7 +173,7 @@ def test_recipe_with_extra_positives_graded_judge_and_extra_ranker(image_folder:
     grades = {(r["inputs"]["query"], r["inputs"]["page"]): r["parsed"]
               for r in map(json.loads, (out / "synth.jsonl").read_text().splitlines()) if r["op"] == "judge_graded"}
     for r in rows:
-        q, s = r["query_id"], r["query_id"].split("#")[0]
+        q, s = r["query"], r["query_id"].split("#")[0]  # the store names a judged query by its text
         assert s not in ("p4", "p5")  # their own pages were judged unreadable / not relevant
         # the +1 page is a positive exactly when the fused ranking put it in reach of the judge
         assert r["positives"] == ([s, _at(s, 1)] if (q, _at(s, 1)) in grades else [s])

@@ -53,14 +53,18 @@ def run_jobs(op: str, backend: Backend, store: SynthStore, jobs: Sequence[Job], 
     ident = backend.describe()
     report = Report(op, calls=len(jobs))
     out: list[dict[str, Any] | None] = [None] * len(jobs)
-    todo = []
+    todo, first = [], {}  # the same call asked twice in one batch runs once (first: key -> its job's index)
+    repeats: list[tuple[int, int]] = []
     for i, job in enumerate(jobs):
         job.key = record_key(op=op, backend=ident, **job.key_parts)
         found = store.get(job.key)
         if found is not None:
             out[i] = found
             report.reused += 1
+        elif job.key in first:
+            repeats.append((i, first[job.key]))
         else:
+            first[job.key] = i
             todo.append(i)
 
     def execute(i: int) -> dict[str, Any]:
@@ -103,6 +107,10 @@ def run_jobs(op: str, backend: Backend, store: SynthStore, jobs: Sequence[Job], 
                         break
     finally:
         bar.close()
+    for i, j in repeats:
+        out[i] = out[j]
+    if repeats:
+        report.notes["repeated_calls"] = len(repeats)
     report.new = sum(1 for i in todo if out[i] is not None)
     if errors:
         raise OperationError(f"{op}: {report.new} new record(s) written to {store.path}, then a call failed "

@@ -8,6 +8,7 @@ empty answers are recorded with their status and counted, never guessed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ __all__ = ["JudgeItem", "OperationError", "PairItem", "Report", "SyntrieverSampl
 
 @dataclass
 class JudgeItem:
-    query_id: str
+    query_id: str  # the caller's name for the query; results come back in item order, and the store keys the text
     query: str
     page: Page  # a page image, a page's text, or a passage (a text Page)
 
@@ -44,6 +45,20 @@ class PairItem:
     a: Page
     b: Page
 
+
+
+def _judged(query: str, **pages: Page | None) -> dict[str, Any]:
+    """A judgement's inputs in its store key: the query's TEXT, not the caller's id for it (SynTR's ids are positions,
+    ``<page>#q0``, which name another query once the prompt or seed changes; the same text judged by two recipes is
+    one record), and each page's id plus a digest of its text when it has one (a generated passage's id names its
+    query, not its words; BEIR document ids repeat across corpora). Image pages are named by their id alone."""
+    inputs: dict[str, Any] = {"query": query}
+    for role, page in pages.items():
+        if page is not None:
+            inputs[role] = page.id
+            if page.text is not None:
+                inputs[f"{role}_text"] = hashlib.sha256(page.text.encode()).hexdigest()[:16]
+    return inputs
 
 
 def _variant(backend: Backend, page: Page | None, image_variant: str | None = "vlm", text_variant: str = "text") -> str:
@@ -135,7 +150,7 @@ def judge_graded(backend: Backend, store: SynthStore, items: Sequence[JudgeItem]
     for it in items:
         template = prompts.GRADED_TEMPLATES[_variant(backend, it.page)]
         prompt = Prompt.of(template, [it.page], query=it.query)
-        jobs.append(Job({"prompt_id": template.id, "inputs": {"query": it.query_id, "page": it.page.id},
+        jobs.append(Job({"prompt_id": template.id, "inputs": _judged(it.query, page=it.page),
                          "params": p.model_dump(), "seed": 0, "sample": 0},
                         lambda prompt=prompt: gen_result(backend, prompt, p, 0, parsing.parse_grade)))
     records, report = run_jobs("judge_graded", backend, store, jobs, progress=progress)
@@ -157,7 +172,7 @@ def _yesno_jobs(backend: Backend, items: Sequence[JudgeItem]) -> list[Job]:
     for it in items:
         template = prompts.YESNO_TEMPLATES["chat" if backend.instruct else "fewshot"]
         prompt = Prompt.of(template, [it.page], query=it.query)
-        jobs.append(Job({"prompt_id": template.id, "inputs": {"query": it.query_id, "page": it.page.id},
+        jobs.append(Job({"prompt_id": template.id, "inputs": _judged(it.query, page=it.page),
                          "params": {"next_token": ["yes", "no"]}, "seed": 0, "sample": 0},
                         lambda prompt=prompt: _yes_probability(backend, prompt)))
     return jobs
@@ -174,7 +189,7 @@ def judge_yesno(backend: Backend, store: SynthStore, items: Sequence[JudgeItem],
     return [r.get("parsed") for r in records], report
 
 
-def _ql_job(backend: Backend, template: prompts.Template, query_id: str, query: str, page: Page | None) -> Job:
+def _ql_job(backend: Backend, template: prompts.Template, query: str, page: Page | None) -> Job:
     prompt = Prompt.of(template, [page] if page is not None else [])
 
     def call() -> dict[str, Any]:
@@ -182,9 +197,8 @@ def _ql_job(backend: Backend, template: prompts.Template, query_id: str, query: 
         return {"raw": {"sum_logprob": s.sum_logprob, "n_tokens": s.n_tokens}, "parsed": s.mean_logprob,
                 "status": "ok", **s.meta}
 
-    inputs = {"query": query_id} if page is None else {"query": query_id, "page": page.id}
-    return Job({"prompt_id": template.id, "inputs": inputs, "params": {"score": "mean_logprob"}, "seed": 0,
-                "sample": 0}, call)
+    return Job({"prompt_id": template.id, "inputs": _judged(query, page=page), "params": {"score": "mean_logprob"},
+                "seed": 0, "sample": 0}, call)
 
 
 def judge_query_likelihood(backend: Backend, store: SynthStore, items: Sequence[JudgeItem], *, pmi: bool = False,
@@ -201,16 +215,16 @@ def judge_query_likelihood(backend: Backend, store: SynthStore, items: Sequence[
                                                                                  progress=progress),
                                lambda it: [it.page])
     backend.prepare([it.page for it in items])
-    jobs = [_ql_job(backend, prompts.QUERY_LIKELIHOOD, it.query_id, it.query, it.page) for it in items]
+    jobs = [_ql_job(backend, prompts.QUERY_LIKELIHOOD, it.query, it.page) for it in items]
     records, report = run_jobs("judge_ql", backend, store, jobs, progress=progress)
     values = [r["parsed"] for r in records]
     if pmi:
-        queries = dict((it.query_id, it.query) for it in items)
-        prior_jobs = [_ql_job(backend, prompts.QUERY_PRIOR, qid, q, None) for qid, q in queries.items()]
+        texts = list(dict.fromkeys(it.query for it in items))
+        prior_jobs = [_ql_job(backend, prompts.QUERY_PRIOR, q, None) for q in texts]
         priors, prior_report = run_jobs("judge_ql_prior", backend, store, prior_jobs, progress=progress)
         _merge(report, prior_report)
-        prior = {r["inputs"]["query"]: r["parsed"] for r in priors}
-        values = [v - prior[it.query_id] for v, it in zip(values, items, strict=True)]
+        prior = dict(zip(texts, (r["parsed"] for r in priors), strict=True))
+        values = [v - prior[it.query] for v, it in zip(values, items, strict=True)]
     return values, report
 
 
@@ -238,7 +252,7 @@ def judge_pairwise(backend: Backend, store: SynthStore, items: Sequence[PairItem
                 return {"raw": {"1": lp1, "2": lp2}, "parsed": p_first, "status": "ok", **choice.meta}
 
             jobs.append(Job({"prompt_id": template.id,
-                             "inputs": {"query": it.query_id, "first": first.id, "second": second.id},
+                             "inputs": _judged(it.query, first=first, second=second),
                              "params": {"next_token": ["1", "2"], "temperature": 0}, "seed": 0, "sample": 0}, call))
     records, report = run_jobs("judge_pairwise", backend, store, jobs, progress=progress)
     prefs: list[float | None] = []

@@ -1,6 +1,6 @@
 """Append-only JSONL store of model outputs, one record per model call, with its provenance.
 
-A record's key hashes everything that determines the output (operation, backend and model, prompt id, input ids,
+A record's key hashes everything that determines the output (operation, backend and model, prompt id, inputs,
 parameters, seed, sample index), so a resumed run serves finished records from the file and calls the model only
 for the rest. Each record is flushed and fsync'ed as it is written: a kill loses at most the line being written,
 which the next open detects (a last line without its newline), counts, logs and cuts off before appending.
