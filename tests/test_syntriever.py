@@ -155,6 +155,18 @@ def test_single_target_loss_is_selectable_and_recorded(split_folder: Path, tmp_p
     assert encoder.mteb_model_meta.name.startswith("syntriever-s1/")
 
 
+def test_without_passages_and_cot_stage1_calls_no_llm(split_folder: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
+    """use_passages and use_cot false (gold pages only): no passage, CoT or verification is written or paid for."""
+    backbone = build_backbone("ocr-text", {"mode": "pooled"})
+    corpus = training_corpus(BeirFolderTask(split_folder, split="train"), with_queries=True)
+    config = recipe.Config(stages=1, use_passages=False, use_cot=False, train={"batch_size": 2, "steps": 2})
+    out = recipe.train(backbone, corpus, config, tmp_path / "ck" / "a" / "run")
+    record = json.loads((out / "training.json").read_text())
+    assert llm.calls == 0 and record["llm_calls"] == 0
+    assert record["stage1"]["synthetic"] == {"queries": 4, "generated": False} and record["examples"] == 4
+    assert record["stage1"]["train"]["steps"] == 2
+
+
 def test_tiny_colpali_through_both_stages_with_pages(image_folder: Path, tmp_path: Path, llm: ScriptedLLM) -> None:
     task = BeirFolderTask(image_folder, split="test")
     corpus = training_corpus(task)  # pages only: pseudo-queries

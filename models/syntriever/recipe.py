@@ -196,6 +196,10 @@ def training_queries(backend: Any, store: Any, corpus: TrainingCorpus, config: C
 
 def synthesize(backend: Any, store: Any, queries: list[TrainQuery], config: Config, as_image: bool,
                report: dict[str, Any]) -> None:
+    if not (config.use_passages or config.use_cot):  # stage 1 trains on the gold pages alone: nothing to write
+        report["verify_by"] = None
+        report["synthetic"] = {"queries": len(queries), "generated": False}
+        return
     from harness.synth import operations as ops
     from harness.synth.backends import GenParams
 
