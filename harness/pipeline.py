@@ -61,10 +61,14 @@ def training_corpus(task: AbsTask, with_queries: bool = False) -> TrainingCorpus
         # image paths, not open images: a page opens when a recipe uses it (thousands would exhaust file handles)
         pages = [Page(doc_id, image_path=d["image"], text=" ".join(x for x in (d["title"], d["text"]) if x) or None)
                  for doc_id, d in docs.items()]
+        page_docs = {doc_id: str(d["metadata"]["doc_id"]) for doc_id, d in docs.items()
+                     if "doc_id" in (d.get("metadata") or {})}
+        if len(page_docs) < len(docs):
+            page_docs = {}  # a page without a document: no within-document validation
         if with_queries:
             return TrainingCorpus(f"{task.metadata.name}-{task.split}", pages, dict(task.data.queries),
-                                  {q: dict(r) for q, r in task.data.qrels.items()})
-        return TrainingCorpus(task.metadata.name, pages)
+                                  {q: dict(r) for q, r in task.data.qrels.items()}, page_docs)
+        return TrainingCorpus(task.metadata.name, pages, page_docs=page_docs)
     task.load_data()
     pages = []
     for subset in task.dataset.values():

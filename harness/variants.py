@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,13 @@ class TrainingCorpus:
     pages: list[Page]
     train_queries: dict[str, str] = field(default_factory=dict)  # a training split, never evaluation
     train_qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    # page id -> its document (corpus metadata doc_id) when every page has one: validation then also ranks each
+    # held-out query among its own document's pages, as a within-document task does
+    page_docs: dict[str, str] = field(default_factory=dict)
+
+    def docs_of(self, page_ids: Sequence[str]) -> list[str] | None:
+        """The documents of ``page_ids``, or None when the corpus has none (validation's ``page_groups``)."""
+        return [self.page_docs[p] for p in page_ids] if self.page_docs else None
 
 
 @dataclass(frozen=True)

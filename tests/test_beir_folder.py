@@ -131,3 +131,17 @@ def test_candidates_by_metadata_restricts_each_query(tmp_path: Path) -> None:
     assert task.top_ranked == {"q0": ["d0", "d1"], "q1": ["d2", "d3"]}
     with pytest.raises(DataError, match="has no metadata.page"):
         BeirFolderTask(root, candidates_by="page")
+
+
+def test_a_training_corpus_knows_each_pages_document_only_when_every_page_has_one(tmp_path: Path) -> None:
+    from conftest import write_beir
+    from harness.pipeline import training_corpus
+
+    docs = [{"_id": f"d{i}", "text": f"page {i}", "metadata": {"doc_id": "A" if i < 2 else "B"}} for i in range(4)]
+    root = write_beir(tmp_path / "docs", docs, {"q0": "page zero"}, [("q0", "d0", 1)])
+    corpus = training_corpus(BeirFolderTask(root))
+    assert corpus.page_docs == {"d0": "A", "d1": "A", "d2": "B", "d3": "B"}
+    assert corpus.docs_of(["d3", "d0"]) == ["B", "A"]
+    docs[3]["metadata"] = {}
+    bare = training_corpus(BeirFolderTask(write_beir(tmp_path / "bare", docs, {"q0": "page zero"}, [("q0", "d0", 1)])))
+    assert bare.page_docs == {} and bare.docs_of(["d0"]) is None

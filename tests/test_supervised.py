@@ -22,8 +22,8 @@ TOPICS = ["photosynthesis in green leaves", "the boiling point of water at altit
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    docs = [{"_id": f"d{i}", "title": "", "text": f"An explanation of {t}, with examples and figures."}
-            for i, t in enumerate(TOPICS)]
+    docs = [{"_id": f"d{i}", "title": "", "text": f"An explanation of {t}, with examples and figures.",
+             "metadata": {"doc_id": f"book{i % 3}"}} for i, t in enumerate(TOPICS)]
     queries = {f"q{i}": f"explain {t}" for i, t in enumerate(TOPICS)}
     root = write_beir(tmp_path / "f", docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(7)], split="train")
     write_beir(root, docs, queries, [(f"q{i}", f"d{i}", 1) for i in range(7, 10)], split="test")
@@ -43,6 +43,8 @@ def test_supervised_trains_on_the_split_and_records_the_loop(folder: Path, tmp_p
     assert record["train"]["steps"] == 4 and record["train"]["relative_weight_change"] > 0
     assert record["train"]["rank_correlation"] is not None
     assert [h["step"] for h in record["train"]["val_history"]][0] == 0
+    # the pages name their documents: validation also ranks each query among its own document's pages
+    assert all(0 < h["val_within_doc_ndcg_at_10"] <= 1 for h in record["train"]["val_history"])
     fresh = sup_model.load_model(build_backbone("ocr-text", {"mode": "pooled"}), out)
     assert fresh.mteb_model_meta.name.startswith("supervised/ocr-text-pooled")
     assert fresh.mteb_model_meta.revision == backbone.fingerprint() != before

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -200,6 +201,59 @@ def test_checkpoint_choice_ties_go_to_the_later_state_and_small_sets_keep_the_la
     small = _Loop(Spec(steps=10, min_val_queries=30), tmp_path, _ToyValidator(_Toy(), 4))
     small.history = loop.history
     assert small.chosen() is None  # 4 validation queries select nothing: the last state is kept
+
+
+class _Fixed:
+    """Two documents (A: p0, p1; B: p2, p3) and fixed scores."""
+
+    query_ids, page_ids, page_groups = ["q0", "q1"], ["p0", "p1", "p2", "p3"], ["A", "A", "B", "B"]
+    qrels = {"q0": {"p0": 1}, "q1": {"p3": 1}}
+
+    def scores(self) -> torch.Tensor:
+        return torch.tensor([[0.5, 0.8, 0.9, 0.1], [0.2, 0.1, 0.3, 0.7]])
+
+
+def test_within_document_validation_ranks_each_query_among_its_own_documents_pages() -> None:
+    from harness.train.loop import val_ndcg
+
+    v = _Fixed()
+    # q0's page is third over the pool (behind a page of B), second within A; q1's page is first either way
+    assert val_ndcg(v, v.scores()) == pytest.approx((1 / math.log2(4) + 1) / 2)
+    assert val_ndcg(v, v.scores(), within_doc=True) == pytest.approx((1 / math.log2(3) + 1) / 2)
+    v.page_groups = None
+    with pytest.raises(ValueError, match="page_groups"):
+        val_ndcg(v, v.scores(), within_doc=True)
+
+
+def test_select_by_reads_the_named_validation_figure(tmp_path: Path) -> None:
+    from harness.train.loop import _Loop
+
+    history = [{"step": 0, "val_ndcg_at_10": 0.50, "val_within_doc_ndcg_at_10": 0.70},
+               {"step": 5, "val_ndcg_at_10": 0.60, "val_within_doc_ndcg_at_10": 0.62},
+               {"step": 10, "val_ndcg_at_10": 0.55, "val_within_doc_ndcg_at_10": 0.69}]
+    chosen = {}
+    for by in ("corpus", "within_doc", "mean"):
+        loop = _Loop(LoopSpec(steps=10, min_val_queries=1, select_by=by), tmp_path, _Fixed())
+        loop.history = history
+        chosen[by] = loop.chosen()
+    assert chosen == {"corpus": 5, "within_doc": 0, "mean": 10}  # mean: 0.60, 0.61, 0.62
+    # a corpus without documents cannot select by them: said at once, not after training
+    with pytest.raises(ValueError, match="metadata.doc_id"):
+        _Loop(LoopSpec(steps=10, select_by="mean"), tmp_path, _ToyValidator(_Toy(), 4))
+
+
+def test_a_run_records_both_validation_figures_when_pages_have_documents(tmp_path: Path) -> None:
+    model = _Toy()
+
+    class WithDocs(_ToyValidator):
+        page_groups = [f"d{i // 3}" for i in range(12)]
+
+    result = run_loop(model, list(range(8)), _collate, LoopSpec(steps=2, batch_size=4, eval_every=1,
+                                                                min_val_queries=5, select_by="within_doc"),
+                      tmp_path, WithDocs(model, 8))
+    assert all(0 < h["val_within_doc_ndcg_at_10"] <= 1 for h in result.val_history)
+    assert all(h["val_within_doc_ndcg_at_10"] >= h["val_ndcg_at_10"] for h in result.val_history)
+    assert "within document" in result.selection
 
 
 @pytest.mark.parametrize("name", ["colintern", "colqwen3vl", "supervised", "svrag", "syntr", "syntriever"])

@@ -12,7 +12,9 @@ parameters with ``requires_grad`` are what trains), the training items, a collat
   whose validation nDCG@10 is within ``min_delta`` of the best (HF's rule keeps the earliest on ties, which on a few
   validation queries is often a 1-2 step model); with fewer than ``min_val_queries`` validation queries the metric is
   recorded but selects nothing: the budget decides and the last state is kept. Early stopping (``patience``) counts
-  evaluations without a gain above ``min_delta``.
+  evaluations without a gain above ``min_delta``. A validator that knows each pool page's document
+  (``page_groups``) also records nDCG@10 among the pool's pages of each query's own document (the within-document
+  task's view); ``select_by`` picks the figure selection reads: ``corpus`` (default), ``within_doc`` or their ``mean``.
 - a record of what happened: optimizer steps, examples seen, training seconds apart from validation seconds
   (examples/s = examples / training seconds, the same for every recipe), how far the weights moved (relative change
   of every weight that scores, LoRA folded in) and how far the ranking moved (Spearman correlation of the chosen
@@ -60,6 +62,7 @@ class LoopSpec(BaseModel):
     eval_every: int | None = Field(None, ge=1)  # steps; None: 5 evaluations over the budget
     patience: int | None = Field(None, ge=1)  # evaluations without a gain above min_delta before stopping
     min_delta: float = Field(0.0, ge=0)
+    select_by: Literal["corpus", "within_doc", "mean"] = "corpus"  # within_doc, mean: the validator needs page_groups
     min_val_queries: int = Field(30, ge=1)  # fewer validation queries: no checkpoint selection (keep the last)
     save_total_limit: int = Field(2, ge=1)  # besides the chosen checkpoint
     logging_steps: int = Field(1, ge=1)  # loss.jsonl: one line per logged step (the mean since the last)
@@ -90,6 +93,7 @@ class Validator(Protocol):
     query_ids: list[str]
     page_ids: list[str]
     qrels: dict[str, dict[str, int]]
+    page_groups: list[str] | None  # each pool page's document, or None (no within-document figure)
 
     def scores(self) -> torch.Tensor:
         """[queries, pages] scores, no gradient."""
@@ -126,13 +130,22 @@ class ListDataset(Dataset):
         return self.items[i]
 
 
-def val_ndcg(validator: Validator, scores: torch.Tensor, k: int = 10) -> float:
-    """Mean nDCG@k over the validation queries (pytrec_eval, as evaluation computes it)."""
+def val_ndcg(validator: Validator, scores: torch.Tensor, k: int = 10, within_doc: bool = False) -> float:
+    """Mean nDCG@k over the validation queries (pytrec_eval, as evaluation computes it). ``within_doc``: each query
+    ranks only the pool's pages of its relevant pages' documents (as ``candidates_by: doc_id`` evaluation does)."""
     from harness.evaluate.metrics import per_query_scores
 
+    if within_doc:
+        groups = validator.page_groups
+        if groups is None:
+            raise ValueError("within-document validation needs the validator's page_groups")
+        index = dict(zip(validator.page_ids, groups, strict=True))
+        allowed = torch.tensor([[g in {index[p] for p in validator.qrels[q] if p in index} for g in groups]
+                                for q in validator.query_ids], dtype=torch.bool)
+        scores = scores.masked_fill(~allowed, float("-inf"))
     top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
     run = {q: {validator.page_ids[j]: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist(),
-                                                                   strict=True)}
+                                                                   strict=True) if s != float("-inf")}
            for i, q in enumerate(validator.query_ids)}
     per_query = per_query_scores(validator.qrels, run, (k,))[f"ndcg_at_{k}"]
     return sum(per_query.values()) / max(len(per_query), 1)
@@ -235,21 +248,36 @@ class _Loop:
         self.base_scores: torch.Tensor | None = None
         self.loss_log = out_dir / "loss.jsonl"
         self.selecting = validator is not None and len(validator.query_ids) >= spec.min_val_queries
+        self.within = validator is not None and getattr(validator, "page_groups", None) is not None
+        if spec.select_by != "corpus" and validator is not None and not self.within:
+            raise ValueError(f"train.select_by: {spec.select_by} needs a within-document validation figure, and this "
+                             "corpus's pages have no document (corpus.jsonl metadata.doc_id)")
 
-    def validate(self) -> tuple[float, torch.Tensor, float]:
+    def validate(self) -> tuple[dict[str, float], torch.Tensor, float]:
         assert self.validator is not None
         t = time.perf_counter()
         scores = self.validator.scores().float().cpu()
-        ndcg = val_ndcg(self.validator, scores)
+        figures = {"val_ndcg_at_10": val_ndcg(self.validator, scores)}
+        if self.within:
+            figures["val_within_doc_ndcg_at_10"] = val_ndcg(self.validator, scores, within_doc=True)
         seconds = time.perf_counter() - t
         self.val_s += seconds
-        return ndcg, scores, seconds
+        return figures, scores, seconds
+
+    def metric(self, point: dict[str, Any]) -> float:
+        """The figure selection and early stopping read."""
+        if self.spec.select_by == "corpus":
+            return point["val_ndcg_at_10"]
+        if self.spec.select_by == "within_doc":
+            return point["val_within_doc_ndcg_at_10"]
+        return (point["val_ndcg_at_10"] + point["val_within_doc_ndcg_at_10"]) / 2
 
     def evaluate(self, step: int, state: Any) -> bool:
         """Record a validation point; mark the chosen checkpoint (kept by the Trainer's rotation). True: stop."""
-        ndcg, _, seconds = self.validate()
-        self.add(step, ndcg, seconds)
-        log.info("step %d: validation nDCG@10 %.4f (%.1f s)", step, ndcg, seconds)
+        figures, _, seconds = self.validate()
+        self.add(step, figures, seconds)
+        log.info("step %d: validation nDCG@10 %.4f%s (%.1f s)", step, figures["val_ndcg_at_10"],
+                 f", within document {figures['val_within_doc_ndcg_at_10']:.4f}" if self.within else "", seconds)
         chosen = self.chosen()
         if chosen is not None and chosen > 0:
             state.best_model_checkpoint = str(self.out_dir / "checkpoints" / f"checkpoint-{chosen}")
@@ -257,14 +285,14 @@ class _Loop:
             state.best_model_checkpoint = None
         if self.spec.patience and self.selecting:
             # evaluations since the last one that raised the best by more than min_delta
-            gains = [i for i in range(1, len(self.history)) if self.history[i]["val_ndcg_at_10"]
-                     > max(h["val_ndcg_at_10"] for h in self.history[:i]) + self.spec.min_delta]
+            gains = [i for i in range(1, len(self.history)) if self.metric(self.history[i])
+                     > max(self.metric(h) for h in self.history[:i]) + self.spec.min_delta]
             last_gain = gains[-1] if gains else 0
             return len(self.history) - 1 - last_gain >= self.spec.patience
         return False
 
-    def add(self, step: int, ndcg: float, seconds: float) -> None:
-        self.history.append({"step": step, "val_ndcg_at_10": round(ndcg, 5), "val_s": round(seconds, 3)})
+    def add(self, step: int, figures: dict[str, float], seconds: float) -> None:
+        self.history.append({"step": step, **{k: round(v, 5) for k, v in figures.items()}, "val_s": round(seconds, 3)})
         atomic_write_json(self.out_dir / HISTORY_FILE, {"history": self.history, "train_s": self.train_s,
                                                   "val_s": self.val_s, "examples_seen": self.examples_seen})
 
@@ -272,8 +300,8 @@ class _Loop:
         """The step whose state is kept: the latest within min_delta of the best, or None (the last state)."""
         if not self.selecting or not self.history:
             return None
-        best = max(h["val_ndcg_at_10"] for h in self.history)
-        return max(h["step"] for h in self.history if h["val_ndcg_at_10"] >= best - self.spec.min_delta)
+        best = max(self.metric(h) for h in self.history)
+        return max(h["step"] for h in self.history if self.metric(h) >= best - self.spec.min_delta)
 
 
 def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable[[list[Any]], dict[str, Any]],
@@ -299,9 +327,9 @@ def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable
         if base_file.is_file() and last is not None:
             loop.base_scores = torch.load(base_file)
         else:
-            ndcg, loop.base_scores, seconds = loop.validate()
+            figures, loop.base_scores, seconds = loop.validate()
             torch.save(loop.base_scores, base_file)
-            loop.add(0, ndcg, seconds)
+            loop.add(0, figures, seconds)
     args = TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
         gradient_accumulation_steps=spec.grad_accum, learning_rate=spec.lr, lr_scheduler_type=spec.schedule,
@@ -329,7 +357,9 @@ def run_loop(objective: torch.nn.Module, items: Sequence[Any], collate: Callable
         load_trainable(objective, initial if chosen == 0 else ckpt_dir / f"checkpoint-{chosen}")
     selection = ("last (no validation)" if validator is None else
                  f"last ({len(validator.query_ids)} validation queries < min_val_queries {spec.min_val_queries})"
-                 if not loop.selecting else f"latest within {spec.min_delta} of the best validation nDCG@10")
+                 if not loop.selecting else f"latest within {spec.min_delta} of the best validation nDCG@10"
+                 + {"corpus": "", "within_doc": " within document", "mean": " (mean of corpus and within document)"}[
+                     spec.select_by])
     correlation = None
     if validator is not None and loop.base_scores is not None:
         final = validator.scores().float().cpu()

@@ -113,8 +113,9 @@ class PageValidator:
     """Held-out queries ranked over a held-out page pool with the backbone's evaluation path (encode + MaxSim)."""
 
     def __init__(self, backbone: Backbone, queries: dict[str, str], pages: Sequence[Page],
-                 qrels: dict[str, dict[str, int]]) -> None:
+                 qrels: dict[str, dict[str, int]], page_groups: list[str] | None = None) -> None:
         self.backbone = backbone
+        self.page_groups = page_groups  # each page's document: a within-document validation figure too
         self.query_ids = list(queries)
         self.texts = [queries[q] for q in self.query_ids]
         self.pages = list(pages)

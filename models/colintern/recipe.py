@@ -159,7 +159,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         states = States(featurizer, pairs, frozen_pages, lora=True)
     del frozen_pages
     if val_rows:
-        validator = HeadValidator(heads, states, pairs, val_rows, pool, pos_sets, lora_backbone)
+        validator = HeadValidator(heads, states, pairs, val_rows, pool, pos_sets, lora_backbone, corpus.page_docs)
     untrained = validator.scores() if validator is not None else None
 
     def objective(negatives: list[list[int]] | None) -> HeadObjective:

@@ -128,10 +128,14 @@ class HeadValidator:
     """Held-out pseudo-queries ranked over a page pool with the current heads (evaluation's MaxSim)."""
 
     def __init__(self, heads: Heads, states: States, pairs: Pairs, queries: list[int], pool: list[int],
-                 pos_sets: list[set[int]], lora_backbone: torch.nn.Module | None = None) -> None:
+                 pos_sets: list[set[int]], lora_backbone: torch.nn.Module | None = None,
+                 page_docs: dict[str, str] | None = None) -> None:
         self.heads, self.states, self.rows, self.pool, self.lora_backbone = heads, states, queries, pool, lora_backbone
         self.query_ids = [f"q{i}" for i in queries]
         self.page_ids = [pairs.pages[j].id for j in pool]
+        # each pool page's document (pairs from a triples file name pages by path: none)
+        docs = page_docs or {}
+        self.page_groups = [docs[p] for p in self.page_ids] if all(p in docs for p in self.page_ids) else None
         in_pool = set(pool)
         self.qrels = {f"q{i}": {pairs.pages[j].id: 1 for j in pos_sets[i] if j in in_pool} for i in queries}
 

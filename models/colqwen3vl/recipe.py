@@ -144,7 +144,7 @@ def train_pairs(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_
         pool = own + sorted(random.Random(config.seed + 2).sample(
             others, max(0, min(len(others), config.val_pool - len(own)))))
         validator = PageValidator(backbone, {q: queries[q] for q in val_q}, [pages[i] for i in pool],
-                                  {q: {source[q]: 1} for q in val_q})
+                                  {q: {source[q]: 1} for q in val_q}, corpus.docs_of(pool))
     mode = finetune_mode(backbone, config.finetune)
     spec = config.train
     if "lr" not in spec.model_fields_set:

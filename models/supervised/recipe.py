@@ -81,7 +81,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
         pool = own + sorted(random.Random(config.seed + 2).sample(
             others, max(0, min(len(others), config.val_pool - len(own)))))
         validator = PageValidator(backbone, {q: corpus.train_queries[q] for q in val_ids}, [pages[p] for p in pool],
-                                  {q: {p: 1 for p in qrels[q]} for q in val_ids})
+                                  {q: {p: 1 for p in qrels[q]} for q in val_ids}, corpus.docs_of(pool))
     mode = finetune_mode(backbone, config.finetune)
     targets = prepare_finetune(backbone, mode, config.lora)
     objective = ContrastiveObjective(backbone, config.loss, config.temperature)

@@ -139,7 +139,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             others = [i for i in ids if i not in own]
             pool = sorted(own) + sorted(random.Random(config.seed + 2).sample(others, max(0, min(
                 len(others), config.val_pool - len(own)))))
-            validator = PageValidator(backbone, val_q, [pages[i] for i in pool], qrels["val"])
+            validator = PageValidator(backbone, val_q, [pages[i] for i in pool], qrels["val"], corpus.docs_of(pool))
         with stages("train"):
             objective = ContrastiveObjective(backbone, config.loss, config.temperature)
             result = run_loop(objective, examples["train"], ContrastiveCollator(backbone), config.train, out_dir,
