@@ -140,8 +140,8 @@ def val_ndcg(validator: Validator, scores: torch.Tensor, k: int = 10, within_doc
         if groups is None:
             raise ValueError("within-document validation needs the validator's page_groups")
         index = dict(zip(validator.page_ids, groups, strict=True))
-        allowed = torch.tensor([[g in {index[p] for p in validator.qrels[q] if p in index} for g in groups]
-                                for q in validator.query_ids], dtype=torch.bool)
+        own = [{index[p] for p in validator.qrels[q] if p in index} for q in validator.query_ids]
+        allowed = torch.tensor([[g in docs for g in groups] for docs in own], dtype=torch.bool)
         scores = scores.masked_fill(~allowed, float("-inf"))
     top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
     run = {q: {validator.page_ids[j]: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist(),

@@ -133,16 +133,15 @@ def split_validation(queries: list[TrainQuery], config: Config) -> tuple[list[Tr
 
 
 def validator(backbone: Backbone, val: list[TrainQuery], pages: dict[str, Page], config: Config,
-              page_docs: dict[str, str] | None = None) -> Any:
+              corpus: TrainingCorpus | None = None) -> Any:
     if not val:
         return None
     own = sorted({g for q in val for g in q.gold})
     others = sorted(set(pages) - set(own))
     pool = own + sorted(random.Random(config.seed + 4).sample(others, max(0, min(len(others),
                                                                                 config.val_pool - len(own)))))
-    groups = [page_docs[i] for i in pool] if page_docs else None
     return PageValidator(backbone, {q.id: q.text for q in val}, [pages[i] for i in pool],
-                         {q.id: {g: 1 for g in q.gold} for q in val}, groups)
+                         {q.id: {g: 1 for g in q.gold} for q in val}, corpus.docs_of(pool) if corpus else None)
 
 
 def stage1_examples(queries: list[TrainQuery], pages: dict[str, Page], config: Config) -> list[Example]:
@@ -161,10 +160,10 @@ def stage1_examples(queries: list[TrainQuery], pages: dict[str, Page], config: C
 
 
 def train_stage1(backbone: Backbone, queries: list[TrainQuery], val: list[TrainQuery], pages: dict[str, Page],
-                 config: Config, out_dir: Path, page_docs: dict[str, str] | None = None) -> LoopResult:
+                 config: Config, out_dir: Path, corpus: TrainingCorpus | None = None) -> LoopResult:
     objective = ContrastiveObjective(backbone, "infonce", config.temperature)
     return run_loop(objective, stage1_examples(queries, pages, config), ContrastiveCollator(backbone), config.train,
-                    out_dir, validator(backbone, val, pages, config, page_docs))
+                    out_dir, validator(backbone, val, pages, config, corpus))
 
 
 # --- the recipe -------------------------------------------------------------------------------------------------
@@ -290,7 +289,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             synth = _llm(backend, before, store, used_from, time.perf_counter() - t)
             t = time.perf_counter()
             train_q, val_q = split_validation(queries, config)
-            result = train_stage1(backbone, train_q, val_q, pages, config, stage1_dir, corpus.page_docs)
+            result = train_stage1(backbone, train_q, val_q, pages, config, stage1_dir, corpus)
             loss_lines += _stage_lines(stage1_dir / "loss.jsonl", 1)
             s1 = {"synthesis": synth, "train_s": round(time.perf_counter() - t, 3), "steps": result.steps,
                   "train": result.record(), "examples": len(train_q), "validation_queries": len(val_q), **info,
@@ -320,7 +319,7 @@ def train(backbone: Backbone, corpus: TrainingCorpus, config: Config, out_dir: P
             held = {q.text for q in val_q}
             result2 = run_loop(objective, [g for g in groups if g.query not in held], objective.collate,
                                config.stage2, out_dir / "stage2",
-                               validator(backbone, val_q, pages, config, corpus.page_docs))
+                               validator(backbone, val_q, pages, config, corpus))
             loss_lines += _stage_lines(out_dir / "stage2" / "loss.jsonl", 2)
             record["stage2"] = {"retrieve_s": round(retrieve_s, 3), "judge": judge,
                                 "judge_reports": [r.line() for r in reps],
